@@ -1,0 +1,45 @@
+# Two commands do all set-up on a fresh machine: `make run` and `make test`.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+export DEBIAN_FRONTEND := noninteractive
+
+.PHONY: setup venv stress-ng run test lint typecheck unit clean
+
+setup: venv stress-ng
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+# stress-ng comes from Debian's packages: installed when we are root, otherwise a clear message.
+stress-ng:
+	@if command -v stress-ng >/dev/null 2>&1; then \
+		echo "stress-ng: $$(stress-ng --version | head -n1)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y stress-ng; \
+	else \
+		echo "stress-ng is not installed and this is not root: run 'sudo apt-get update && sudo apt-get install -y stress-ng', then 'make $(MAKECMDGOALS)' again." >&2; \
+		exit 3; \
+	fi
+
+run: setup
+	$(PY) -m kloros_orchestrator run
+
+lint: venv
+	$(PY) -m ruff check kloros_orchestrator tests bench
+
+typecheck: venv
+	$(PY) -m mypy
+
+unit: setup
+	$(PY) -m pytest -q
+
+test: setup lint typecheck unit
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

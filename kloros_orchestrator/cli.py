@@ -1,0 +1,173 @@
+"""Command line: ``run``, ``status``, ``phase-now``, ``validate``. The only place that exits."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from loguru import logger
+
+from kloros_orchestrator import __version__
+from kloros_orchestrator.errors import ConfigError, KlorosError, ToolMissing
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+EXIT_CONFIG = 2
+EXIT_TOOL_MISSING = 3
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kloros-orchestrator", description="Self-tuning daemon: D-REAM + PHASE.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the daemon in the foreground")
+    run.add_argument("--config", type=Path, help="dream.yaml (default: the embedded default)")
+    run.add_argument("--state-dir", help="override state_dir")
+    run.add_argument("--socket", help="override the status socket path")
+    run.add_argument("--epochs-per-cycle", type=int, help="override dream.epochs_per_cycle")
+    run.add_argument("--max-parallel", type=int, help="override dream.max_parallel")
+    run.add_argument("--once", action="store_true", help="one D-REAM pass over the enabled domains, then exit")
+
+    for name, text in (("status", "query the running daemon"), ("phase-now", "open a PHASE window now")):
+        q = sub.add_parser(name, help=text)
+        q.add_argument("--socket", help="the daemon's socket (default: from --config or the embedded default)")
+        q.add_argument("--config", type=Path, help="read the socket path from this dream.yaml")
+        if name == "status":
+            q.add_argument("--json", action="store_true", help="print the raw status object")
+
+    v = sub.add_parser("validate", help="check dream.yaml, regimes and caps; print every problem")
+    v.add_argument("--config", type=Path, help="dream.yaml (default: the embedded default)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "validate":
+            return _validate(args)
+        if args.command == "run":
+            return _run(args)
+        if args.command == "status":
+            return _status(args)
+        if args.command == "phase-now":
+            return _phase_now(args)
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except ToolMissing as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_TOOL_MISSING
+    except KlorosError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
+    return EXIT_FAILURE  # pragma: no cover - argparse requires a command
+
+
+def _validate(args: argparse.Namespace) -> int:
+    from kloros_orchestrator.config import load_config
+
+    loaded = load_config(args.config)
+    where = loaded.path or "embedded default"
+    domains = ", ".join(loaded.config.dream.domains)
+    print(f"{where}: ok (domains: {domains}; config hash {loaded.config_hash})")
+    return EXIT_OK
+
+
+def _run(args: argparse.Namespace) -> int:
+    from kloros_orchestrator.config import load_config
+    from kloros_orchestrator.runtime.driver import run_daemon
+    from kloros_orchestrator.runtime.workloads import find_stress_ng
+
+    overrides: dict[str, Any] = {}
+    if args.state_dir:
+        overrides["state_dir"] = args.state_dir
+    if args.socket:
+        overrides["socket"] = args.socket
+    if args.epochs_per_cycle is not None:
+        overrides["dream.epochs_per_cycle"] = args.epochs_per_cycle
+    if args.max_parallel is not None:
+        overrides["dream.max_parallel"] = args.max_parallel
+    loaded = load_config(args.config, overrides=overrides)
+    _setup_logging(loaded.config.log_level, loaded.state_dir)
+    find_stress_ng()  # exit 3 with the install command before anything starts
+    return run_daemon(loaded, once=args.once)
+
+
+def _setup_logging(level: str, state_dir: Path) -> None:
+    logger.remove()
+    logger.add(sys.stderr, level=level.upper(), format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
+    log_dir = state_dir / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    logger.add(log_dir / "daemon.log", level=level.upper(), rotation="20 MB", retention=3, enqueue=False)
+
+
+def _socket_path(args: argparse.Namespace) -> Path:
+    if args.socket:
+        return Path(args.socket)
+    from kloros_orchestrator.config import load_config
+
+    return load_config(args.config).socket_path
+
+
+def _status(args: argparse.Namespace) -> int:
+    from kloros_orchestrator.runtime.control import query
+
+    reply = query(_socket_path(args), {"cmd": "status"})
+    if not reply.get("ok"):
+        print(f"error: {reply.get('error', 'daemon answered not ok')}", file=sys.stderr)
+        return EXIT_FAILURE
+    status = reply["status"]
+    if args.json:
+        print(json.dumps(status, indent=2, sort_keys=True))
+    else:
+        print(format_status(status))
+    return EXIT_OK
+
+
+def _phase_now(args: argparse.Namespace) -> int:
+    from kloros_orchestrator.runtime.control import query
+
+    reply = query(_socket_path(args), {"cmd": "phase-now"})
+    if not reply.get("ok"):
+        print(f"error: {reply.get('error', 'daemon refused')}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(reply.get("message", "PHASE window requested"))
+    return EXIT_OK
+
+
+def _when(iso: str | None) -> str:
+    if not iso:
+        return "-"
+    try:
+        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
+    except ValueError:
+        return iso
+
+
+def format_status(s: dict[str, Any]) -> str:
+    """Readable summary of the status object (contract fields in DESIGN.md)."""
+    t = s.get("tournament") or {}
+    nw = s.get("next_window") or {}
+    lp = s.get("last_phase")
+    pacing = s.get("pacing") or {}
+    counters = s.get("counters") or {}
+    domains = s.get("domains") or {}
+    lines = [
+        f"state       {s.get('state')}  (pid {s.get('pid')}, up {float(s.get('uptime_s') or 0):.0f} s, "
+        f"version {s.get('version')})",
+        f"domain      {s.get('domain') or '-'}  generation {s.get('generation')}",
+        f"tournament  {t.get('done', 0)}/{t.get('total', 0)} trials",
+        f"next window {_when(nw.get('start'))} → {_when(nw.get('end'))}",
+        "last PHASE  "
+        + (f"{_when(lp.get('completed_at'))}  {lp.get('results')}" if lp else "none yet"),
+        f"pacing      last sleep {pacing.get('last_sleep_s', '-')} s: {pacing.get('reason', '-')}",
+        "domains     " + ", ".join(f"{k}={v}" for k, v in domains.items()),
+        "counters    " + ", ".join(f"{k}={v}" for k, v in counters.items()),
+    ]
+    return "\n".join(lines)
