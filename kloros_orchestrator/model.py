@@ -71,6 +71,12 @@ class StressorMetric(msgspec.Struct, frozen=True):
     bogo_ops: float
     bogo_ops_per_s_real: float
     wall_clock_s: float
+    # Further stress-ng --yaml metrics; None where this stress-ng version did not write the key.
+    bogo_ops_per_s_usr_sys: float | None = None
+    user_time_s: float | None = None
+    system_time_s: float | None = None
+    cpu_usage_per_instance: float | None = None  # percent
+    max_rss_kb: float | None = None  # getrusage ru_maxrss, KiB on Linux
 
 
 class TrialResult(msgspec.Struct, frozen=True):

@@ -1,0 +1,195 @@
+"""Parse what stress-ng writes: the ``--yaml`` metrics file and the ``--cyclic`` percentile log lines.
+
+Pure functions over text; the caller reads the files. Nothing here invents a number: a value that
+stress-ng did not print is absent (``None`` or missing from a dict).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import yaml
+
+from kloros_orchestrator.errors import WorkloadFailed
+from kloros_orchestrator.model import P50, P95, P99, THROUGHPUT, StressorMetric
+
+# The latency probe's stressor name; it is excluded from throughput.
+PROBE_STRESSOR: Final = "cyclic"
+
+# KPI name -> percentile it reports.
+LATENCY_PERCENTILES: Final = {P50: 50.0, P95: 95.0, P99: 99.0}
+
+_REQUIRED_KEYS: Final = ("bogo-ops", "bogo-ops-per-second-real-time", "wall-clock-time")
+_OPTIONAL_KEYS: Final = {
+    "bogo-ops-per-second-usr-sys-time": "bogo_ops_per_s_usr_sys",
+    "user-time": "user_time_s",
+    "system-time": "system_time_s",
+    "cpu-usage-per-instance": "cpu_usage_per_instance",
+    "max-rss": "max_rss_kb",
+}
+
+# "stress-ng: info:  [2060] cyclic:   95.40%:      42933 ns"
+_CYCLIC_LINE: Final = re.compile(
+    r"\bcyclic:\s+(?P<pct>\d+(?:\.\d+)?)%:\s+(?P<ns>\d+(?:\.\d+)?)\s*ns\b",
+)
+_VERSION: Final = re.compile(r"\bversion\s+v?(?P<version>\d+(?:\.\d+)+[0-9A-Za-z.\-+~]*)")
+
+
+class MetricsUnavailable(WorkloadFailed):
+    """The stress-ng YAML has no usable ``metrics`` section (killed run, ``-q``, truncated file)."""
+
+    reason = "no_metrics"
+
+
+class _StringLoader(yaml.SafeLoader):
+    """SafeLoader that resolves no implicit int/float/bool/timestamp: every plain scalar stays a string.
+
+    stress-ng writes ``date-yyyy-mm-dd: 2026:11:22``, which YAML 1.1 reads as a base-60 integer;
+    keeping strings and converting the metric fields ourselves avoids that whole class of surprise.
+    """
+
+
+_StringLoader.yaml_implicit_resolvers = {}
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StringLoader)  # a SafeLoader subclass: safe
+
+
+def _number(value: object) -> float | None:
+    if isinstance(value, str):
+        try:
+            number = float(value)
+        except ValueError:
+            return None
+        return number if math.isfinite(number) else None
+    return None
+
+
+def parse_yaml_metrics(text: str) -> list[StressorMetric]:
+    """Every stressor's metrics from a stress-ng ``--yaml`` file, in file order.
+
+    Raises ``MetricsUnavailable`` (a ``WorkloadFailed``) when the file is empty, is not YAML, or has
+    no usable ``metrics`` section, or when an entry lacks bogo-ops, real-time rate or wall-clock time.
+    """
+    if not text.strip():
+        raise MetricsUnavailable("stress-ng wrote an empty YAML file (run killed before it finished?)")
+    try:
+        doc = _load_yaml(text)
+    except yaml.YAMLError as exc:
+        raise MetricsUnavailable(f"stress-ng YAML is not parseable: {exc}") from exc
+    if not isinstance(doc, Mapping):
+        raise MetricsUnavailable("stress-ng YAML is not a mapping")
+    entries = doc.get("metrics")
+    if not isinstance(entries, list) or not entries:
+        raise MetricsUnavailable(
+            "stress-ng YAML has no metrics section (needs --metrics-brief, and no -q before it)"
+        )
+    metrics: list[StressorMetric] = []
+    for index, entry in enumerate(entries):
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("stressor"), str):
+            raise MetricsUnavailable(f"stress-ng YAML metrics[{index}] has no stressor name")
+        name = entry["stressor"]
+        required: dict[str, float] = {}
+        for key in _REQUIRED_KEYS:
+            number = _number(entry.get(key))
+            if number is None:
+                raise MetricsUnavailable(
+                    f"stress-ng YAML metrics[{index}] ({name}): {key} missing or not a finite number"
+                )
+            required[key] = number
+        optional = {attr: _number(entry.get(key)) for key, attr in _OPTIONAL_KEYS.items()}
+        metrics.append(
+            StressorMetric(
+                stressor=name,
+                bogo_ops=required["bogo-ops"],
+                bogo_ops_per_s_real=required["bogo-ops-per-second-real-time"],
+                wall_clock_s=required["wall-clock-time"],
+                **optional,
+            )
+        )
+    return metrics
+
+
+def parse_cyclic_percentiles(log_text: str) -> dict[float, float]:
+    """``{percentile: nanoseconds}`` from the cyclic stressor's log lines; ``{}`` when none printed.
+
+    If several cyclic instances each print a table, the worst (largest) value per percentile is kept.
+    """
+    result: dict[float, float] = {}
+    for match in _CYCLIC_LINE.finditer(log_text):
+        pct = float(match["pct"])
+        ns = float(match["ns"])
+        result[pct] = max(ns, result.get(pct, ns))
+    return result
+
+
+def _interpolate(percentiles: Mapping[float, float], target: float) -> float | None:
+    if target in percentiles:
+        return percentiles[target]
+    below = [p for p in percentiles if p < target]
+    above = [p for p in percentiles if p > target]
+    if not below or not above:
+        return None
+    lo, hi = max(below), min(above)
+    frac = (target - lo) / (hi - lo)
+    return percentiles[lo] + frac * (percentiles[hi] - percentiles[lo])
+
+
+def latency_kpis(percentiles: Mapping[float, float]) -> dict[str, float]:
+    """p50/p95/p99 in microseconds, linearly interpolated between the bracketing printed percentiles.
+
+    stress-ng prints 25, 50, 75, 90, 95.40, 99, 99.5, 99.9, 99.99; a KPI whose percentile is not
+    printed and not bracketed by two printed ones is omitted.
+    """
+    kpis: dict[str, float] = {}
+    for kpi, target in LATENCY_PERCENTILES.items():
+        ns = _interpolate(percentiles, target)
+        if ns is not None:
+            kpis[kpi] = ns / 1000.0
+    return kpis
+
+
+def throughput(metrics: Iterable[StressorMetric], exclude: Iterable[str] = (PROBE_STRESSOR,)) -> float | None:
+    """Sum of bogo-ops per second (real time) over workload stressors; None when there are none."""
+    excluded = set(exclude)
+    rates = [m.bogo_ops_per_s_real for m in metrics if m.stressor not in excluded]
+    return sum(rates) if rates else None
+
+
+def short_run_reason(
+    metrics: Iterable[StressorMetric], duration_s: float, *, min_fraction: float = 0.9
+) -> str | None:
+    """Why the run is not a valid trial because a stressor stopped early; None when all ran long enough.
+
+    A stress-ng stopped by SIGINT/SIGTERM exits 0 with shortened metrics, so the exit code alone
+    cannot tell a full run from an interrupted one.
+    """
+    need = duration_s * min_fraction
+    for m in metrics:
+        if m.wall_clock_s < need:
+            return f"{m.stressor} ran {m.wall_clock_s:.3f} s of the requested {duration_s:g} s"
+    return None
+
+
+def stressng_kpis(
+    yaml_text: str, log_text: str, *, exclude: Iterable[str] = (PROBE_STRESSOR,)
+) -> dict[str, float]:
+    """Throughput and latency KPIs of one run; KPIs that were not measured are absent.
+
+    Raises ``MetricsUnavailable`` when the YAML has no metrics.
+    """
+    kpis = latency_kpis(parse_cyclic_percentiles(log_text))
+    total = throughput(parse_yaml_metrics(yaml_text), exclude)
+    if total is not None:
+        kpis[THROUGHPUT] = total
+    return kpis
+
+
+def read_stress_ng_version(text: str) -> str | None:
+    """``"0.15.06"`` from ``stress-ng --version`` output; None when no version is recognisable."""
+    match = _VERSION.search(text)
+    return match["version"] if match else None

@@ -1,0 +1,170 @@
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from kloros_orchestrator.errors import WorkloadFailed
+from kloros_orchestrator.measure.stressng_output import (
+    MetricsUnavailable,
+    latency_kpis,
+    parse_cyclic_percentiles,
+    parse_yaml_metrics,
+    read_stress_ng_version,
+    short_run_reason,
+    stressng_kpis,
+    throughput,
+)
+from kloros_orchestrator.model import P50, P95, P99, THROUGHPUT, StressorMetric
+
+DATA = Path(__file__).parent / "data"
+# Real output of `stress-ng --cpu 1 --cyclic 1 --cyclic-method clock_ns --timeout 1 --metrics-brief
+# --yaml F` (0.15.06): the YAML file and stderr.
+REAL_YAML = (DATA / "cpu_cyclic_metrics.yaml").read_text()
+REAL_LOG = (DATA / "cpu_cyclic_stderr.txt").read_text()
+
+
+def _metric(name: str, rate: float, wall: float = 10.0) -> StressorMetric:
+    return StressorMetric(stressor=name, bogo_ops=rate * wall, bogo_ops_per_s_real=rate, wall_clock_s=wall)
+
+
+def test_real_yaml_gives_every_stressor_with_all_metrics() -> None:
+    metrics = parse_yaml_metrics(REAL_YAML)
+    assert [m.stressor for m in metrics] == ["cpu", "cyclic"]
+    cpu = metrics[0]
+    assert cpu.bogo_ops == 1019.0
+    assert cpu.bogo_ops_per_s_real == pytest.approx(1011.263694)
+    assert cpu.bogo_ops_per_s_usr_sys == pytest.approx(1192.969558)
+    assert cpu.wall_clock_s == pytest.approx(1.00765)
+    assert cpu.user_time_s == pytest.approx(0.741816)
+    assert cpu.system_time_s == pytest.approx(0.112355)
+    assert cpu.cpu_usage_per_instance == pytest.approx(84.768609)
+    assert cpu.max_rss_kb == 6556.0
+
+
+def test_sexagesimal_looking_date_does_not_break_parsing() -> None:
+    # The real file has `date-yyyy-mm-dd: 2026:11:22`; safe_load would read it as an int.
+    assert "date-yyyy-mm-dd: 2026:11:22" in REAL_YAML
+    text = REAL_YAML.replace("bogo-ops: 1019", "bogo-ops: 1:30")  # sexagesimal 90 under YAML 1.1
+    with pytest.raises(MetricsUnavailable, match="bogo-ops missing or not a finite number"):
+        parse_yaml_metrics(text)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "empty YAML"),
+        ((DATA / "quiet_no_metrics.yaml").read_text(), "no metrics section"),
+        ("---\nsystem-info:\n  cpus: 2\nmetrics:\n...\n", "no metrics section"),
+        ("---\nmetrics: [\n", "not parseable"),
+        ("- just\n- a list\n", "not a mapping"),
+        ("metrics:\n  - bogo-ops: 3\n", "no stressor name"),
+        ("metrics:\n  - stressor: cpu\n    bogo-ops: 3\n    wall-clock-time: 1.0\n", "real-time"),
+        (
+            "metrics:\n  - stressor: cpu\n    bogo-ops: 3\n    bogo-ops-per-second-real-time: nan\n"
+            "    wall-clock-time: 1.0\n",
+            "real-time",
+        ),
+    ],
+)
+def test_unusable_yaml_raises_workload_failed(text: str, match: str) -> None:
+    with pytest.raises(WorkloadFailed, match=match) as info:
+        parse_yaml_metrics(text)
+    assert isinstance(info.value, MetricsUnavailable)
+
+
+def test_optional_metrics_absent_are_none_not_zero() -> None:
+    text = (
+        "metrics:\n  - stressor: vm\n    bogo-ops: 10\n    bogo-ops-per-second-real-time: 5.5\n"
+        "    wall-clock-time: 2.0\n"
+    )
+    (metric,) = parse_yaml_metrics(text)
+    assert metric.bogo_ops_per_s_real == 5.5
+    assert metric.max_rss_kb is None
+    assert metric.user_time_s is None
+
+
+def test_real_cyclic_percentiles() -> None:
+    pct = parse_cyclic_percentiles(REAL_LOG)
+    assert sorted(pct) == [25.0, 50.0, 75.0, 90.0, 95.4, 99.0, 99.5, 99.9, 99.99]
+    assert pct[95.4] == 52197.0
+    assert pct[99.99] == 23916739.0
+
+
+def test_cyclic_percentiles_from_brief_line_and_none() -> None:
+    line = "stress-ng: info:  [2060] cyclic:   95.40%:      42933 ns\n"
+    assert parse_cyclic_percentiles(line) == {95.4: 42933.0}
+    assert parse_cyclic_percentiles((DATA / "cyclic_no_latency_stderr.txt").read_text()) == {}
+    # The mean/min lines carry "ns" but are not percentiles.
+    assert parse_cyclic_percentiles("stress-ng: info:  [1] cyclic:   mean: 42457.54 ns, mode: 20590 ns") == {}
+
+
+def test_several_cyclic_tables_keep_the_worst_value() -> None:
+    log = "[1] cyclic:   50.00%:  100 ns\n[2] cyclic:   50.00%:  300 ns\n[3] cyclic:   50.00%:  200 ns\n"
+    assert parse_cyclic_percentiles(log) == {50.0: 300.0}
+
+
+def test_latency_kpis_exact_and_interpolated_in_microseconds() -> None:
+    kpis = latency_kpis(parse_cyclic_percentiles(REAL_LOG))
+    assert kpis[P50] == pytest.approx(23.385)
+    assert kpis[P99] == pytest.approx(550.4)
+    # 95 lies between 90 (35352 ns) and 95.40 (52197 ns).
+    assert kpis[P95] == pytest.approx((35352 + (5.0 / 5.4) * (52197 - 35352)) / 1000)
+
+
+def test_latency_kpis_omit_what_cannot_be_bracketed() -> None:
+    assert latency_kpis({25.0: 1000.0, 75.0: 3000.0}) == {P50: 2.0}
+    assert latency_kpis({96.0: 5000.0, 99.9: 9000.0}) == {P99: pytest.approx(5.0 + 4.0 * 3 / 3.9)}
+    assert latency_kpis({}) == {}
+
+
+def test_throughput_excludes_probe_and_is_none_without_workload() -> None:
+    metrics = [_metric("cpu", 100.0), _metric("vm", 50.5), _metric("cyclic", 7000.0)]
+    assert throughput(metrics) == pytest.approx(150.5)
+    assert throughput(metrics, exclude=()) == pytest.approx(7150.5)
+    assert throughput([_metric("cyclic", 7000.0)]) is None
+    assert throughput([]) is None
+    assert throughput(parse_yaml_metrics(REAL_YAML)) == pytest.approx(1011.263694)
+
+
+def test_short_run_is_detected() -> None:
+    assert short_run_reason([_metric("cpu", 1.0, wall=9.95)], 10.0) is None
+    reason = short_run_reason([_metric("cpu", 1.0, wall=10.0), _metric("vm", 1.0, wall=3.2)], 10.0)
+    assert reason is not None and reason.startswith("vm ran 3.200 s")
+
+
+def test_stressng_kpis_combines_throughput_and_latency() -> None:
+    kpis = stressng_kpis(REAL_YAML, REAL_LOG)
+    assert set(kpis) == {THROUGHPUT, P50, P95, P99}
+    assert kpis[THROUGHPUT] == pytest.approx(1011.263694)
+
+
+def test_read_stress_ng_version() -> None:
+    text = "stress-ng, version 0.15.06 (gcc 12.2.0, x86_64 Linux 6.18.44-fc-v657)\n"
+    assert read_stress_ng_version(text) == "0.15.06"
+    assert read_stress_ng_version("stress-ng, version 0.17.08-rc1 💻🔥\n") == "0.17.08-rc1"
+    assert read_stress_ng_version("command not found") is None
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(shutil.which("stress-ng") is None, reason="stress-ng not installed")
+def test_real_stress_ng_run_parses(tmp_path: Path) -> None:
+    yaml_path = tmp_path / "m.yaml"
+    proc = subprocess.run(
+        ["stress-ng", "--cpu", "1", "--cyclic", "1", "--cyclic-method", "clock_ns",
+         "--timeout", "1", "--metrics-brief", "--yaml", str(yaml_path)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    metrics = parse_yaml_metrics(yaml_path.read_text())
+    assert {m.stressor for m in metrics} == {"cpu", "cyclic"}
+    assert short_run_reason(metrics, 1.0) is None
+    kpis = stressng_kpis(yaml_path.read_text(), proc.stderr)
+    assert kpis[THROUGHPUT] > 0
+    # A probe that reported percentiles gives ordered latencies.
+    if P99 in kpis:
+        assert kpis[P50] <= kpis[P95] <= kpis[P99]
+    version = subprocess.run(["stress-ng", "--version"], capture_output=True, text=True, check=False)
+    assert read_stress_ng_version(version.stdout + version.stderr) is not None
