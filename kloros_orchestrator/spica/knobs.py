@@ -1,0 +1,607 @@
+"""Knob declarations, discovery probes and the durable restore journal.
+
+A :class:`Knob` says what a tunable is (type, range or choices, scope) and, for a system knob, which
+file under ``sysfs_root`` holds it and how that file is read and written. Discovery
+(:func:`discover_knob`) keeps only knobs this host really exposes and can write. Every write goes
+through :class:`KnobJournal` first: the original is stored durably before anything changes, so a
+crashed run can be undone at the next start-up without knowing which domain changed what.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import math
+import numbers
+import os
+import re
+import subprocess
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final, Literal
+
+import msgspec
+from loguru import logger
+
+from kloros_orchestrator.errors import DomainError
+from kloros_orchestrator.model import Scalar
+from kloros_orchestrator.store import atomic_write_bytes, fsync_dir
+
+KnobType = Literal["int", "float", "choice", "bool"]
+Scope = Literal["system", "process"]
+FileFormat = Literal["plain", "bracket"]
+
+KNOB_TYPES: Final = ("int", "float", "choice", "bool")
+SCOPES: Final = ("system", "process")
+FILE_FORMATS: Final = ("plain", "bracket")
+# System knobs live in kernel tunables only; nothing else under sysfs_root may be written.
+ALLOWED_PREFIXES: Final = ("proc/sys/", "sys/")
+ENV_PREFIX: Final = "KLR_KNOB_"
+
+_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+_ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
+_BRACKET_RE = re.compile(r"\[([^\]\s]+)\]")
+_CPU_DIR_RE = re.compile(r"^cpu(\d+)$")
+_MAX_READ = 65536  # sysfs attributes are at most one page; never read an endless file to its end
+_TRUE = ("1", "y", "yes", "on", "true")
+_FALSE = ("0", "n", "no", "off", "false")
+
+Runner = Callable[[Sequence[str]], str]
+"""Runs an argv (never through a shell) and returns its stdout; raises on failure."""
+
+
+def run_argv(argv: Sequence[str]) -> str:
+    """Default :data:`Runner`: ``subprocess.run`` with a timeout; non-zero exit raises."""
+    proc = subprocess.run(list(argv), check=True, capture_output=True, text=True, timeout=60)
+    return proc.stdout
+
+
+@dataclass(frozen=True)
+class Knob:
+    """One tunable of a domain.
+
+    ``path`` (system knobs) is relative to ``sysfs_root``; ``{cpu}`` in it stands for every
+    ``cpuN`` directory of the host (the knob is applied to all of them). ``fmt="bracket"`` files list
+    the available values and mark the active one (``always [madvise] never``); they are written with
+    the bare value. Empty ``choices`` on a bracket file (or with ``choices_path``) mean "what this
+    host offers". A system knob without ``path`` is applied by its domain (e.g. through nvidia-smi).
+    ``default`` is the stock value of a process knob; ``env`` names the environment variable a
+    command workload receives the value in.
+    """
+
+    name: str
+    type: KnobType
+    low: int | float | None = None
+    high: int | float | None = None
+    log: bool = False
+    choices: tuple[Scalar, ...] = ()
+    scope: Scope = "system"
+    path: str | None = None
+    fmt: FileFormat = "plain"
+    choices_path: str | None = None
+    default: Scalar | None = None
+    env: str | None = None
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        problems = self._problems()
+        if problems:
+            raise DomainError(f"knob {self.name!r}: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
+        out: list[str] = []
+        if not _NAME_RE.match(self.name):
+            out.append("name must match [a-z][a-z0-9_]*")
+        if self.type not in KNOB_TYPES:
+            out.append(f"type must be one of {', '.join(KNOB_TYPES)}")
+        if self.scope not in SCOPES:
+            out.append(f"scope must be one of {', '.join(SCOPES)}")
+        if self.fmt not in FILE_FORMATS:
+            out.append(f"fmt must be one of {', '.join(FILE_FORMATS)}")
+        if self.type in ("int", "float"):
+            if self.low is None or self.high is None:
+                out.append("int/float knobs need low and high")
+            elif not (math.isfinite(self.low) and math.isfinite(self.high)) or self.low >= self.high:
+                out.append(f"need finite low < high (got {self.low!r}..{self.high!r})")
+            elif self.log and self.low <= 0:
+                out.append("log scale needs low > 0")
+            if self.choices:
+                out.append("int/float knobs take no choices")
+        else:
+            if self.low is not None or self.high is not None or self.log:
+                out.append(f"{self.type} knobs take no low/high/log")
+            if self.type == "bool" and self.choices:
+                out.append("bool knobs take no choices")
+            host_lists_choices = self.fmt == "bracket" or self.choices_path is not None
+            if self.type == "choice" and not self.choices and not host_lists_choices:
+                out.append("choice knobs need choices")
+            if len(set(map(str, self.choices))) != len(self.choices):
+                out.append("choices must be distinct")
+        if self.scope == "process":
+            if self.path is not None:
+                out.append("process knobs have no path")
+            if self.default is None:
+                out.append("process knobs need a default (their stock value)")
+        for p in (self.path, self.choices_path):
+            if p is not None and not _safe_rel_path(p):
+                under = " or ".join(ALLOWED_PREFIXES)
+                out.append(f"path {p!r} must be relative, without '..', under {under}")
+        if self.env is not None and not _ENV_RE.match(self.env):
+            out.append(f"env {self.env!r} must be an upper-case environment variable name")
+        if self.default is not None and not out:
+            try:
+                self.coerce(self.default)
+            except DomainError as exc:
+                out.append(f"default: {exc}")
+        return out
+
+    # --- engine form -------------------------------------------------------------------------
+    def space_entry(self) -> dict[str, Any]:
+        """The engine declaration ``{"type", "low", "high", "log", "choices"}``.
+
+        Every key is present; a key that does not apply to the type is None (the engine's "absent").
+        """
+        numeric = self.type in ("int", "float")
+        return {
+            "type": self.type,
+            "low": self.low if numeric else None,
+            "high": self.high if numeric else None,
+            "log": self.log if numeric else None,
+            "choices": list(self.choices) if self.type == "choice" else None,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        """Engine form plus where the knob lives (for manifests and status)."""
+        return {
+            **self.space_entry(),
+            "scope": self.scope,
+            "path": self.path,
+            "env": self.env,
+            "description": self.description,
+        }
+
+    # --- values ------------------------------------------------------------------------------
+    def coerce(self, value: Any) -> Scalar:
+        """Return ``value`` as this knob's Python type, or raise DomainError when it does not fit."""
+        if self.type == "bool":
+            if isinstance(value, bool):
+                return value
+            if _numpy_bool(value) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+                return bool(value)
+            raise DomainError(f"{self.name}: {value!r} is not a bool")
+        if self.type == "choice":
+            for c in self.choices:
+                if value == c and type(value) is type(c):
+                    return c
+            for c in self.choices:
+                if str(value) == str(c):
+                    return c
+            raise DomainError(f"{self.name}: {value!r} is not one of {list(self.choices)!r}")
+        if isinstance(value, bool) or _numpy_bool(value):
+            raise DomainError(f"{self.name}: {value!r} is a bool, not a number")
+        if not isinstance(value, numbers.Real):
+            raise DomainError(f"{self.name}: {value!r} is not a number")
+        num = float(value)
+        if not math.isfinite(num):
+            raise DomainError(f"{self.name}: {value!r} is not finite")
+        out: Scalar
+        if self.type == "int":
+            if not num.is_integer():
+                raise DomainError(f"{self.name}: {value!r} is not an integer")
+            out = int(num)
+        else:
+            out = num
+        assert self.low is not None and self.high is not None
+        if not self.low <= out <= self.high:
+            raise DomainError(f"{self.name}: {value!r} is outside {self.low}..{self.high}")
+        return out
+
+    def encode(self, value: Scalar) -> str:
+        """The text written to the knob's file (bare value, no newline)."""
+        if self.type == "bool":
+            return "1" if value else "0"
+        if self.type == "int":
+            return str(int(value))
+        if self.type == "float":
+            return repr(float(value))
+        return str(value)
+
+    def token(self, text: str) -> str:
+        """The active value as text: the bracketed word of a bracket file, else the stripped text."""
+        if self.fmt == "bracket":
+            m = _BRACKET_RE.search(text)
+            if m:
+                return m.group(1)
+        return text.strip()
+
+    def decode(self, text: str) -> Scalar:
+        """Parse a file's content into this knob's value; raises ValueError when it does not parse."""
+        tok = self.token(text)
+        if self.type == "int":
+            return int(tok)
+        if self.type == "float":
+            return float(tok)
+        if self.type == "bool":
+            low = tok.lower()
+            if low in _TRUE:
+                return True
+            if low in _FALSE:
+                return False
+            raise ValueError(f"{tok!r} is not a boolean")
+        for c in self.choices:
+            if str(c) == tok:
+                return c
+        return tok
+
+    def host_choices(self, text: str) -> tuple[str, ...]:
+        """Values a bracket file offers on this host (``none [mq-deadline] kyber`` → all three)."""
+        return tuple(w.strip("[]") for w in text.split())
+
+    def restore_text(self, original: str) -> str:
+        """What to write to bring the file back to ``original``.
+
+        Plain files get their exact original text back (byte-identical). A bracket file lists
+        every value, which the kernel refuses as input: it gets the bare active value.
+        """
+        if self.fmt == "bracket" and _BRACKET_RE.search(original):
+            return self.token(original)
+        return original
+
+    def env_name(self) -> str:
+        return self.env or f"{ENV_PREFIX}{self.name.upper()}"
+
+    def resolve_paths(self, sysfs_root: Path) -> tuple[Path, ...]:
+        """Absolute files of this knob under ``sysfs_root`` (``{cpu}`` expands to every CPU)."""
+        if self.path is None:
+            return ()
+        root = Path(sysfs_root)
+        if "{cpu}" not in self.path:
+            return ((root / self.path).absolute(),)
+        cpu_dir = root / "sys/devices/system/cpu"
+        ids: list[int] = []
+        with contextlib.suppress(OSError):
+            for entry in cpu_dir.iterdir():
+                m = _CPU_DIR_RE.match(entry.name)
+                if m:
+                    ids.append(int(m.group(1)))
+        # No CPU directories at all still yields cpu0, so absence is reported for a real path.
+        return tuple((root / self.path.format(cpu=i)).absolute() for i in (sorted(ids) or [0]))
+
+
+def _numpy_bool(value: Any) -> bool:
+    return type(value).__module__ == "numpy" and type(value).__name__ in ("bool", "bool_")
+
+
+def _safe_rel_path(p: str) -> bool:
+    parts = Path(p).parts
+    return (
+        not p.startswith("/")
+        and ".." not in parts
+        and any(p.startswith(prefix) for prefix in ALLOWED_PREFIXES)
+    )
+
+
+# --- file primitives ---------------------------------------------------------------------------------
+def read_text(path: Path) -> str:
+    with open(path, "rb") as f:
+        return f.read(_MAX_READ).decode("utf-8")
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write ``text`` in one write(2), as sysfs requires; never creates a missing file."""
+    data = text.encode("utf-8")
+    fd = os.open(path, os.O_WRONLY | os.O_TRUNC | os.O_CLOEXEC)
+    try:
+        written = os.write(fd, data)
+    finally:
+        os.close(fd)
+    if written != len(data):
+        raise OSError(f"short write to {path}: {written} of {len(data)} bytes")
+
+
+# --- discovery ---------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Discovered:
+    """Outcome of probing one knob: the knob as usable here (choices/range fitted) and its stock value,
+    or ``knob=None`` with the reason it was dropped."""
+
+    knob: Knob | None
+    stock: Scalar | None
+    reason: str = ""
+
+
+def probe(knob: Knob, sysfs_root: Path) -> tuple[bool, str]:
+    """``(True, current text)`` when the system knob is usable here, else ``(False, reason)``.
+
+    Usable means: every file exists, reads, parses, and accepts its own current value written back
+    (a write that changes nothing, so it needs no journal). Process knobs are always usable.
+    """
+    found = discover_knob(knob, sysfs_root)
+    if found.knob is None:
+        return False, found.reason
+    if knob.scope == "process":
+        return True, ""
+    return True, read_text(knob.resolve_paths(sysfs_root)[0])
+
+
+def discover_knob(knob: Knob, sysfs_root: Path) -> Discovered:
+    """Probe ``knob`` and fit it to this host (see :func:`probe`). Never logs; the caller does, once."""
+    if knob.scope == "process":
+        return Discovered(knob, knob.default)
+    if knob.path is None:
+        return Discovered(None, None, "no file path (the domain must probe it)")
+    paths = knob.resolve_paths(sysfs_root)
+    texts: list[str] = []
+    for p in paths:
+        if not p.exists():
+            return Discovered(None, None, f"absent ({p})")
+        if not p.is_file():
+            return Discovered(None, None, f"not a regular file ({p})")
+        try:
+            texts.append(read_text(p))
+        except (OSError, UnicodeDecodeError) as exc:
+            return Discovered(None, None, f"unreadable ({p}: {exc})")
+        if not os.access(p, os.W_OK):
+            return Discovered(None, None, f"read-only ({p})")
+    fitted: Knob | None = knob
+    try:
+        stock = knob.decode(texts[0])
+    except ValueError as exc:
+        return Discovered(None, None, f"unparseable value {texts[0].strip()!r}: {exc}")
+    if knob.type == "choice":
+        fitted, reason = _fit_choices(knob, texts[0], sysfs_root)
+        if fitted is None:
+            return Discovered(None, None, reason)
+        stock = fitted.decode(texts[0])
+        if str(stock) not in map(str, fitted.choices):
+            return Discovered(None, None, f"current value {stock!r} is not one of {list(fitted.choices)!r}")
+        stock = fitted.coerce(stock)
+    elif knob.type in ("int", "float"):
+        fitted = _widen_to(knob, stock)
+    for p, text in zip(paths, texts, strict=True):
+        try:
+            write_text(p, knob.restore_text(text))
+        except OSError as exc:
+            return Discovered(None, None, f"not writable ({p}: {exc.strerror or exc})")
+    return Discovered(fitted, stock)
+
+
+def _fit_choices(knob: Knob, text: str, sysfs_root: Path) -> tuple[Knob | None, str]:
+    """Intersect declared choices with what this host offers (declaration order kept)."""
+    offered: tuple[str, ...] | None = None
+    if knob.fmt == "bracket" and _BRACKET_RE.search(text):
+        offered = knob.host_choices(text)
+    elif knob.choices_path is not None:
+        try:
+            offered = tuple(read_text(Path(sysfs_root) / knob.choices_path).split())
+        except (OSError, UnicodeDecodeError):
+            offered = None
+    if offered is None:
+        if not knob.choices:
+            return None, "host does not list its choices"
+        return knob, ""
+    if knob.choices:
+        kept = tuple(c for c in knob.choices if str(c) in offered)
+    else:
+        kept = tuple(dict.fromkeys(offered))
+    if len(kept) < 2:
+        return None, f"fewer than two usable choices on this host (offers {list(offered)!r})"
+    return dataclasses.replace(knob, choices=kept), ""
+
+
+def _widen_to(knob: Knob, stock: Scalar) -> Knob:
+    """The stock value is the baseline and must be a point of the space: widen the range to hold it."""
+    assert knob.low is not None and knob.high is not None and not isinstance(stock, str)
+    value = float(stock)
+    if knob.low <= value <= knob.high:
+        return knob
+    low: int | float
+    high: int | float
+    if knob.type == "float":
+        low, high = min(float(knob.low), value), max(float(knob.high), value)
+    else:
+        low, high = min(int(knob.low), int(value)), max(int(knob.high), int(value))
+    log = knob.log and low > 0
+    return dataclasses.replace(knob, low=low, high=high, log=log)
+
+
+# --- journal -----------------------------------------------------------------------------------------
+class JournalEntry(msgspec.Struct, frozen=True, forbid_unknown_fields=False):
+    """One journaled original. ``path`` is an absolute file path, or a key such as
+    ``nvidia-smi:gpu0:power_limit_w`` for knobs restored by running ``restore_argv``."""
+
+    path: str
+    original: str
+    domain: str
+    knob: str
+    restore: str | None = None  # text to write back; None → ``original``
+    restore_argv: list[str] | None = None
+    domains: list[str] = msgspec.field(default_factory=list)
+    seq: int = 0
+
+
+class KnobJournal:
+    """Durable restore journal: one JSON file per changed knob in ``directory``.
+
+    The first original recorded for a path wins until it is restored, however many candidates
+    are applied on top. Entries name absolute paths (or restore commands), so a journal left by a
+    crashed run can be restored at start-up by a journal that knows no domain at all.
+    """
+
+    def __init__(self, directory: Path, *, runner: Runner | None = None) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.runner: Runner = runner or run_argv
+        self._last_seq = 0
+
+    def _file(self, path: str) -> Path:
+        return self.directory / (hashlib.sha1(path.encode()).hexdigest() + ".json")
+
+    def _next_seq(self) -> int:
+        self._last_seq = max(time.time_ns(), self._last_seq + 1)
+        return self._last_seq
+
+    def record(
+        self,
+        path: str | Path,
+        original: str,
+        domain: str,
+        knob: str,
+        *,
+        restore: str | None = None,
+        restore_argv: Sequence[str] | None = None,
+    ) -> bool:
+        """Journal ``original`` for ``path`` (durably) unless it is already journaled; True if new."""
+        key = str(path)
+        file = self._file(key)
+        if file.exists():
+            entry = self._load(file)
+            if domain not in entry.domains:
+                # Another domain touches the same file: it must be able to restore it as well.
+                entry = msgspec.structs.replace(entry, domains=[*entry.domains, domain])
+                atomic_write_bytes(file, msgspec.json.encode(entry), mode=0o600)
+            return False
+        entry = JournalEntry(
+            path=key,
+            original=original,
+            domain=domain,
+            knob=knob,
+            restore=restore,
+            restore_argv=list(restore_argv) if restore_argv is not None else None,
+            domains=[domain],
+            seq=self._next_seq(),
+        )
+        atomic_write_bytes(file, msgspec.json.encode(entry), mode=0o600)
+        return True
+
+    @staticmethod
+    def _load(file: Path) -> JournalEntry:
+        return msgspec.json.decode(file.read_bytes(), type=JournalEntry)
+
+    def _entries(self) -> tuple[list[tuple[Path, JournalEntry]], list[str]]:
+        good: list[tuple[Path, JournalEntry]] = []
+        problems: list[str] = []
+        for file in sorted(self.directory.glob("*.json")):
+            try:
+                good.append((file, self._load(file)))
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+                problems.append(f"{file}: unreadable journal entry: {exc}")
+        # Restore in the order originals were taken: writing one knob can reset another
+        # (an I/O scheduler change resets nr_requests), so the later one must be written last.
+        good.sort(key=lambda fe: (fe[1].seq, fe[1].path))
+        return good, problems
+
+    def pending(self, domain: str | None = None) -> list[JournalEntry]:
+        """Journaled originals not yet restored (all, or those a ``domain`` recorded)."""
+        entries, _ = self._entries()
+        return [e for _, e in entries if domain is None or domain in e.domains or domain == e.domain]
+
+    def restore(self, domain: str | None = None) -> list[str]:
+        """Write originals back (all, or a ``domain``'s); return problems. A failed entry is kept."""
+        entries, problems = self._entries()
+        restored_any = False
+        for file, entry in entries:
+            if domain is not None and domain not in entry.domains and domain != entry.domain:
+                continue
+            try:
+                if entry.restore_argv is not None:
+                    self.runner(entry.restore_argv)
+                else:
+                    write_text(Path(entry.path), entry.original if entry.restore is None else entry.restore)
+            except (OSError, subprocess.SubprocessError) as exc:
+                msg = f"{entry.path}: could not restore {entry.knob} ({entry.domain}): {exc}"
+                logger.error("knob restore failed: {}", msg)
+                problems.append(msg)
+                continue
+            file.unlink()
+            restored_any = True
+            logger.debug("restored {} ({}) from journal", entry.knob, entry.path)
+        if domain is None:
+            # A temp file left by a crash mid-record belongs to a write that never happened.
+            for tmp in self.directory.glob(".*.tmp"):
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                    restored_any = True
+        if restored_any:
+            fsync_dir(self.directory)
+        return problems
+
+    def restore_all(self) -> list[str]:
+        """Restore every journaled original (start-up after a crash, stop); return problems."""
+        return self.restore(None)
+
+
+# --- applying ----------------------------------------------------------------------------------------
+def journal_original(knob: Knob, sysfs_root: Path, journal: KnobJournal, domain: str) -> None:
+    """Journal the current text of every file of a system ``knob`` (no write)."""
+    for p in knob.resolve_paths(sysfs_root):
+        text = read_text(p)
+        journal.record(str(p), text, domain, knob.name, restore=knob.restore_text(text))
+
+
+def write_value(knob: Knob, value: Scalar, sysfs_root: Path) -> None:
+    """Write ``value`` to every file of ``knob``; the caller journaled the originals before."""
+    text = knob.encode(knob.coerce(value))
+    for p in knob.resolve_paths(sysfs_root):
+        write_text(p, text)
+
+
+def apply_system(knob: Knob, value: Scalar, sysfs_root: Path, journal: KnobJournal, domain: str) -> None:
+    """Journal the current value durably, then write ``value`` (one file-backed system knob)."""
+    if knob.scope != "system" or knob.path is None:
+        raise DomainError(f"{knob.name}: not a file-backed system knob")
+    coerced = knob.coerce(value)
+    journal_original(knob, sysfs_root, journal, domain)
+    write_value(knob, coerced, sysfs_root)
+
+
+def knob_from_declaration(
+    name: str,
+    decl: dict[str, Any],
+    *,
+    allow_system: bool,
+    where: str,
+) -> Knob:
+    """Build a Knob from a config declaration (engine form plus scope/path/default/env/format).
+
+    Command knobs (scope ``process``, the default without ``path``) reach the command as the
+    environment variable ``KLR_KNOB_<NAME>`` (or ``env``).
+    """
+    allowed = {"type", "low", "high", "log", "choices", "scope", "path", "format", "choices_path",
+               "default", "env", "description"}
+    if not isinstance(decl, dict):
+        raise DomainError(f"{where}: knob {name!r}: declaration must be a mapping")
+    unknown = sorted(set(decl) - allowed)
+    if unknown:
+        raise DomainError(f"{where}: knob {name!r}: unknown keys {unknown} (allowed: {sorted(allowed)})")
+    scope = decl.get("scope", "system" if decl.get("path") is not None else "process")
+    if scope == "system" and not allow_system:
+        raise DomainError(f"{where}: knob {name!r}: only process (environment) knobs are allowed here")
+    if scope == "system" and decl.get("path") is None:
+        raise DomainError(f"{where}: knob {name!r}: a system knob needs a path relative to sysfs_root")
+    choices = decl.get("choices") or ()
+    if not isinstance(choices, list | tuple):
+        raise DomainError(f"{where}: knob {name!r}: choices must be a list")
+    try:
+        return Knob(
+            name=name,
+            type=decl.get("type", "float"),
+            low=decl.get("low"),
+            high=decl.get("high"),
+            log=bool(decl.get("log", False)),
+            choices=tuple(choices),
+            scope=scope,
+            path=decl.get("path"),
+            fmt=decl.get("format", "plain"),
+            choices_path=decl.get("choices_path"),
+            default=decl.get("default"),
+            env=(decl.get("env") or f"{ENV_PREFIX}{name.upper()}") if scope == "process" else None,
+            description=str(decl.get("description", "")),
+        )
+    except DomainError as exc:
+        raise DomainError(f"{where}: {exc}") from None
+    except TypeError as exc:
+        raise DomainError(f"{where}: knob {name!r}: {exc}") from None
