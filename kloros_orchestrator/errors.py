@@ -53,3 +53,94 @@ class SchemaError(KlorosError):
 
 class DomainError(KlorosError):
     """A domain cannot be registered or used (for example: not a SPICA derivative)."""
+
+
+# --- Workload failures (runtime.workloads): one class per way a trial can fail -----------------------
+# ``reason`` is a short stable string for logs, fitness history and failure counters.
+
+
+class WorkloadBadOptions(WorkloadFailed):
+    """stress-ng exit 1: it rejected its options (or a harness error)."""
+
+    reason = "bad_options"
+
+
+class StressorFailed(WorkloadFailed):
+    """stress-ng exit 2: a stressor failed; the numbers cannot be trusted."""
+
+    reason = "stressor_failed"
+
+
+class NotEnoughResources(WorkloadFailed):
+    """stress-ng exit 3: ENOMEM/ENOSPC or a missing system call."""
+
+    reason = "not_enough_resources"
+
+
+class StressorNotImplemented(WorkloadFailed):
+    """stress-ng exit 4: a stressor is not implemented on this host."""
+
+    reason = "not_implemented"
+
+
+class KilledBySignal(WorkloadFailed):
+    """stress-ng exit 5, or the process died from a signal (negative return code)."""
+
+    reason = "killed_by_signal"
+
+
+class UnexpectedExit(WorkloadFailed):
+    """stress-ng exit 6 (or an exit code stress-ng does not document)."""
+
+    reason = "unexpected_exit"
+
+
+class UntrustworthyMetrics(WorkloadFailed):
+    """stress-ng exit 7: bogo-ops untrustworthy (for example after an OOM kill)."""
+
+    reason = "untrustworthy_metrics"
+
+
+class WorkloadTimeout(WorkloadFailed):
+    """The run overran our own deadline and its process group was killed."""
+
+    reason = "timeout"
+
+
+class ShortRun(WorkloadFailed):
+    """Exit 0 but it ran shorter than requested (a signalled stress-ng exits 0 with short metrics)."""
+
+    reason = "short_run"
+
+
+class MissingMetrics(WorkloadFailed):
+    """Exit 0 but no YAML, an empty metrics section, or a requested stressor missing from it."""
+
+    reason = "missing_metrics"
+
+
+class CommandFailed(WorkloadFailed):
+    """A command-domain workload could not start or exited non-zero."""
+
+    reason = "command_failed"
+
+
+class WorkloadAborted(WorkloadFailed):
+    """The run was stopped by ``kill_all_running`` (daemon shutdown), not by its own outcome."""
+
+    reason = "aborted"
+
+
+# --- Control socket (runtime.control) -------------------------------------------------------------
+
+
+class ControlError(KlorosError):
+    """The status socket could not be served or queried (timeout, bad response, permissions)."""
+
+
+class DaemonNotRunning(ControlError):
+    """Nothing listens on the status socket."""
+
+
+class DaemonAlreadyRunning(ControlError):
+    """Another daemon already accepts connections on the status socket."""

@@ -1,0 +1,82 @@
+"""sd_notify without extra packages: datagrams to ``$NOTIFY_SOCKET`` (systemd ``Type=notify``).
+
+Without ``$NOTIFY_SOCKET`` (not started by systemd) every call is a no-op. A send failure is
+logged once and never raised: the daemon must not die because its supervisor went away.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Final
+
+from loguru import logger
+
+_SEND_TIMEOUT_S: Final = 1.0
+
+
+def _address(raw: str | None) -> str | None:
+    if not raw:
+        return None
+    if raw.startswith("@"):
+        return "\0" + raw[1:]  # abstract namespace
+    if raw.startswith("/"):
+        return raw
+    logger.warning("NOTIFY_SOCKET {!r} is not a Unix socket address; sd_notify disabled", raw)
+    return None
+
+
+def _one_line(text: str) -> str:
+    # A newline would start another assignment (e.g. a status text injecting READY=1).
+    return " ".join(text.splitlines())
+
+
+class Notifier:
+    """Sends ``READY=1``, ``STATUS=...``, ``STOPPING=1``, ``WATCHDOG=1``, ``EXTEND_TIMEOUT_USEC=...``."""
+
+    def __init__(self, notify_socket: str | None) -> None:
+        self._address = _address(notify_socket)
+        self._warned = False
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Notifier:
+        env = os.environ if environ is None else environ
+        return cls(env.get("NOTIFY_SOCKET"))
+
+    @property
+    def enabled(self) -> bool:
+        return self._address is not None
+
+    def send(self, *assignments: str) -> bool:
+        """Send ``KEY=value`` assignments in one datagram; True when it was sent."""
+        if self._address is None or not assignments:
+            return False
+        payload = "\n".join(assignments).encode()
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
+                sock.settimeout(_SEND_TIMEOUT_S)
+                sock.sendto(payload, self._address)
+        except OSError as exc:
+            if not self._warned:
+                self._warned = True
+                logger.warning("sd_notify to {!r} failed (not logged again): {}", self._address, exc)
+            return False
+        return True
+
+    def ready(self, status: str | None = None) -> bool:
+        return self.send("READY=1", *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def status(self, text: str) -> bool:
+        return self.send(f"STATUS={_one_line(text)}")
+
+    def stopping(self, status: str | None = None) -> bool:
+        return self.send("STOPPING=1", *([f"STATUS={_one_line(status)}"] if status else []))
+
+    def watchdog(self) -> bool:
+        return self.send("WATCHDOG=1")
+
+    def extend_timeout(self, usec: int) -> bool:
+        if isinstance(usec, bool) or not isinstance(usec, int) or usec < 0:
+            raise ValueError(f"extend_timeout needs a non-negative integer of microseconds, got {usec!r}")
+        return self.send(f"EXTEND_TIMEOUT_USEC={usec}")
