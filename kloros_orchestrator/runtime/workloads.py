@@ -63,7 +63,7 @@ from kloros_orchestrator.model import StressorMetric, StressorSpec, WorkloadSpec
 INSTALL_HINT: Final = (
     "stress-ng is not installed: run `apt-get update && apt-get install -y stress-ng` as root"
 )
-PROBE_STRESSOR: Final = "cyclic"  # the latency probe; it appears in the metrics like any stressor
+PROBE_STRESSOR: Final = "cyclic"  # the latency probe (runs in a stress-ng process of its own)
 LOG_CAP_BYTES: Final = 64 * 1024
 STDOUT_CAP_BYTES: Final = 4 * 1024 * 1024  # command domains print their results on stdout
 ERROR_TAIL_BYTES: Final = 4096
@@ -252,9 +252,6 @@ def build_argv(
                     argv.append(f"--{opt}")
                 continue
             argv += [f"--{opt}", _format_value(value, f"value of option {opt!r}")]
-    if spec.probe and PROBE_STRESSOR not in names:
-        # One cyclic instance prints the latency percentile lines (`cyclic:   95.40%:  57635 ns`).
-        argv += [f"--{PROBE_STRESSOR}", "1", "--cyclic-method", "clock_ns"]
     argv += ["--timeout", f"{timeout_seconds(timeout_s)}s", "--metrics-brief", "--yaml", str(yaml_path)]
     if spec.cpus is not None:
         argv += ["--taskset", _cpu_list(spec.cpus)]
@@ -266,6 +263,22 @@ def build_argv(
         raise ValueError("sched_prio needs sched_policy")
     argv += _check_extra_args(spec.extra_args)
     return argv
+
+
+def build_probe_argv(exe: str, *, timeout_s: float) -> list[str]:
+    """The latency probe: one SCHED_RR ``cyclic`` instance in a stress-ng process of its own.
+
+    It runs beside the workload rather than inside it, so the candidate's placement knobs
+    (``--taskset``, ``--sched``, ``nice``) shape the workload but never the probe: every arm is
+    measured by the same observer (inside the workload, ``--sched idle`` even stops cyclic from
+    reporting). SCHED_RR rather than cyclic's default SCHED_DEADLINE, which refuses a second
+    deadline task on small hosts. The percentile lines it prints (``cyclic:   95.40%:  57635 ns``)
+    are the latency KPIs.
+    """
+    return [
+        exe, f"--{PROBE_STRESSOR}", "1", "--cyclic-method", "clock_ns", "--cyclic-policy", "rr",
+        "--timeout", f"{timeout_seconds(timeout_s)}s",
+    ]  # fmt: skip
 
 
 def build_command_argv(
@@ -737,10 +750,22 @@ async def run_stress_ng(
     try:
         yaml_path = rundir / "metrics.yaml"
         argv = build_argv(spec, exe=exe, yaml_path=yaml_path, timeout_s=spec.duration_s)
+        probe: _Outcome | None = None
         try:
-            outcome = await _supervise(
-                argv, cwd=rundir, env=env, deadline_s=deadline, grace_s=grace_s, on_started=on_started
-            )
+            async with anyio.create_task_group() as tg:
+                if spec.probe:
+
+                    async def run_probe() -> None:
+                        nonlocal probe
+                        probe = await _supervise(
+                            build_probe_argv(exe, timeout_s=spec.duration_s), cwd=rundir, env=env,
+                            deadline_s=deadline, grace_s=grace_s, on_started=None,
+                        )
+
+                    tg.start_soon(run_probe)
+                outcome = await _supervise(
+                    argv, cwd=rundir, env=env, deadline_s=deadline, grace_s=grace_s, on_started=on_started
+                )
         except FileNotFoundError as exc:
             raise ToolMissing(f"{exc}; {INSTALL_HINT}") from exc
         yaml_text: str | None
@@ -759,7 +784,8 @@ async def run_stress_ng(
         requested_s=requested,
         started_at=outcome.started_at,
         yaml_text=yaml_text,
-        log_text=outcome.log_text,
+        # The probe's lines follow the workload's; a failed probe only leaves latency absent.
+        log_text=outcome.log_text + ("\n" + probe.log_text if probe is not None else ""),
         stdout_text=outcome.stdout_text,
         stderr_text=outcome.stderr_text,
         metrics=tuple(metrics),

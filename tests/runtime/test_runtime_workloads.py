@@ -117,7 +117,6 @@ def test_build_argv_puts_every_flag_in_its_own_item(tmp_path: Path) -> None:
         "/n", "-n", "5", "/usr/bin/stress-ng",
         "--cpu", "2", "--cpu-load", "50", "--cpu-method", "matrixprod",
         "--vm", "1", "--vm-bytes", "32M", "--vm-keep", "--vm-hang", "0.5",
-        "--cyclic", "1", "--cyclic-method", "clock_ns",
         "--timeout", "2s", "--metrics-brief", "--yaml", str(tmp_path / "m.yaml"),
         "--taskset", "0,1", "--sched", "batch", "--temp-path", "/var/tmp",
     ]  # fmt: skip
@@ -249,7 +248,8 @@ async def test_normal_run_parses_every_stressor_and_keeps_cyclic_lines(tmp_path:
     with anyio.fail_after(15):
         run = await run_stress_ng(spec, workdir=tmp_path)
     assert run.returncode == 0
-    assert {m.stressor for m in run.metrics} == {"cpu", "vm", "cyclic"}
+    # The probe runs in its own process: the workload's metrics are the workload's alone.
+    assert {m.stressor for m in run.metrics} == {"cpu", "vm"}
     assert all(m.bogo_ops > 0 and m.bogo_ops_per_s_real > 0 and m.wall_clock_s >= 0.9 for m in run.metrics)
     assert len(PERCENTILE_LINE.findall(run.log_text)) >= 5
     assert run.yaml_text is not None and "stress-ng-version" in run.yaml_text
@@ -290,7 +290,7 @@ async def test_cancellation_kills_the_group_within_grace_and_reaps(tmp_path: Pat
             async def cancel_mid_run() -> None:
                 nonlocal cancelled_at
                 await started.wait()
-                kids.extend(await wait_for_children(pids[0], 2))  # cpu + cyclic are running
+                kids.extend(await wait_for_children(pids[0], 1))  # the cpu stressor is running
                 cancelled_at = time.monotonic()
                 scope.cancel()
 
@@ -303,6 +303,7 @@ async def test_cancellation_kills_the_group_within_grace_and_reaps(tmp_path: Pat
     assert scope.cancelled_caught
     assert took < 1.0 + 0.5
     assert_all_gone(pids[0], kids, tmp_path)
+    assert running_pids() == []  # the latency probe's process is stopped and reaped too
 
 
 @needs_stress_ng
@@ -518,3 +519,18 @@ def test_exit_codes_map_to_typed_errors(returncode: int, error: type[errors.Work
         workloads._check_stress_ng(fake_run(["cpu"], returncode=returncode), spec, [], 0.9, "tail text")
     assert info.value.returncode == returncode and "tail text" in str(info.value)
     assert info.value.reason != errors.WorkloadFailed.reason
+
+
+@needs_stress_ng
+async def test_probe_is_independent_of_the_workloads_placement(tmp_path: Path) -> None:
+    # Inside the workload, `--sched idle` stops cyclic from reporting anything: the probe must
+    # run on its own so every arm is measured by the same observer.
+    spec = WorkloadSpec(
+        stressors=(StressorSpec("cpu", 1),), duration_s=1, probe=True, cpus=(0,), sched_policy="idle", nice=5
+    )
+    with anyio.fail_after(15):
+        run = await run_stress_ng(spec, workdir=tmp_path)
+    assert {m.stressor for m in run.metrics} == {"cpu"}
+    assert len(PERCENTILE_LINE.findall(run.log_text)) >= 5
+    assert "SCHED_RR" in run.log_text
+    assert running_pids() == []
