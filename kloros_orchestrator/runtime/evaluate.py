@@ -1,0 +1,192 @@
+"""One trial, for real: apply a genome, run its workload, sample sensors, check caps, return KPIs.
+
+The trial is the unit both D-REAM and PHASE are built from. Everything measured comes from the
+stress-ng YAML (throughput), the cyclic probe's percentile lines (latency), and the sensor sampler
+(temperature, power). Absent sensors leave their KPI absent. A failed, short or cap-breaching trial
+is returned as ``ok=False`` with its reason; its numbers are never used.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from loguru import logger
+
+from kloros_orchestrator.errors import DomainError, WorkloadFailed
+from kloros_orchestrator.measure.caps import CapLimit, check_caps
+from kloros_orchestrator.measure.sensors import Sensors, TrialSampler
+from kloros_orchestrator.measure.stressng_output import latency_kpis, parse_cyclic_percentiles, throughput
+from kloros_orchestrator.model import P50, P95, P99, THROUGHPUT, Genome, TrialResult
+from kloros_orchestrator.runtime.workloads import run_stress_ng
+from kloros_orchestrator.spica.base import SpicaDomain
+
+SAMPLE_PERIOD_S = 0.5  # live cap checks at 2 Hz (the contract asks for at least 1 Hz)
+
+
+@dataclass
+class TrialCounters:
+    trials: int = 0
+    failed_trials: int = 0
+
+
+@dataclass
+class Evaluator:
+    """Runs trials; shared by D-REAM and PHASE so both measure the same way."""
+
+    workdir: Path
+    sensors: Sensors
+    caps: Mapping[str, Mapping[str, CapLimit]]
+    exe: str | None = None
+    grace_s: float = 1.0
+    counters: TrialCounters = field(default_factory=TrialCounters)
+    on_trial: Callable[[TrialResult], None] | None = None
+    on_spawn: Callable[[int], object] | None = None  # called with the workload's pid once it runs
+    clock: Callable[[], float] = time.time
+
+    def missing_reasons(self) -> dict[str, str]:
+        return dict(self.sensors.missing)
+
+    async def run_trial(
+        self,
+        domain: SpicaDomain,
+        genome: Genome,
+        regime: str,
+        *,
+        cand_id: str,
+        duration_s: float | None = None,
+    ) -> TrialResult:
+        started = self.clock()
+        t0 = time.monotonic()
+        breach: list[str] = []
+        try:
+            domain.apply(genome)
+            workload = domain.build_workload(regime, genome, duration_s=duration_s)
+            sampler = TrialSampler(self.sensors)
+            caps = self.caps.get(domain.name, {})
+            sampler.start(self.clock())
+            run = None
+            failed: WorkloadFailed | None = None
+            async with anyio.create_task_group() as tg:
+
+                async def monitor() -> None:
+                    while True:
+                        await anyio.sleep(SAMPLE_PERIOD_S)
+                        reasons = check_caps(caps, sampler.sample(self.clock()))
+                        if reasons:
+                            breach.extend(reasons)
+                            logger.warning(
+                                "cap breached in {} {} {}: {}", domain.name, cand_id, regime, reasons
+                            )
+                            tg.cancel_scope.cancel()
+                            return
+
+                tg.start_soon(monitor)
+                # Caught here, not around the task group: anyio would wrap it in an ExceptionGroup.
+                try:
+                    run = await run_stress_ng(
+                        workload,
+                        workdir=self.workdir,
+                        exe=self.exe,
+                        grace_s=self.grace_s,
+                        on_started=self.on_spawn,
+                    )
+                except WorkloadFailed as e:
+                    failed = e
+                tg.cancel_scope.cancel()
+            sensor_kpis = sampler.finish(self.clock())
+            if failed is not None and not breach:
+                raise failed
+            if breach or run is None:
+                return self._done(
+                    TrialResult(
+                        domain=domain.name,
+                        cand_id=cand_id,
+                        regime=regime,
+                        ok=False,
+                        failure=f"cap breach: {'; '.join(breach)}",
+                        cap_breach="; ".join(breach),
+                        wall_s=time.monotonic() - t0,
+                        started_at=started,
+                    )
+                )
+            kpis: dict[str, float] = {}
+            if workload.command is not None:
+                kpis.update(domain.extract_kpis(run.log_text))
+            else:
+                tp = throughput(run.metrics)
+                if tp is not None:
+                    kpis[THROUGHPUT] = tp
+                if workload.probe:
+                    kpis.update(latency_kpis(parse_cyclic_percentiles(run.log_text)))
+            kpis.update(sensor_kpis)
+            final_breach = check_caps(caps, kpis)
+            if final_breach:
+                return self._done(
+                    TrialResult(
+                        domain=domain.name,
+                        cand_id=cand_id,
+                        regime=regime,
+                        ok=False,
+                        kpis=kpis,
+                        failure=f"cap breach: {'; '.join(final_breach)}",
+                        cap_breach="; ".join(final_breach),
+                        wall_s=time.monotonic() - t0,
+                        started_at=started,
+                    )
+                )
+            if workload.command is None and THROUGHPUT not in kpis:
+                raise WorkloadFailed("stress-ng reported no throughput for the workload stressors")
+            return self._done(
+                TrialResult(
+                    domain=domain.name,
+                    cand_id=cand_id,
+                    regime=regime,
+                    ok=True,
+                    kpis=kpis,
+                    wall_s=time.monotonic() - t0,
+                    started_at=started,
+                )
+            )
+        except WorkloadFailed as e:
+            logger.warning("trial failed: {} {} {}: {}", domain.name, cand_id, regime, e)
+            return self._done(
+                TrialResult(
+                    domain=domain.name,
+                    cand_id=cand_id,
+                    regime=regime,
+                    ok=False,
+                    failure=f"{getattr(e, 'reason', type(e).__name__)}: {e}"[:600],
+                    wall_s=time.monotonic() - t0,
+                    started_at=started,
+                )
+            )
+        except (OSError, DomainError) as e:
+            # A knob write refused mid-run (e.g. EINVAL for a value the kernel rejects) fails this
+            # trial, not the daemon.
+            logger.warning("trial could not run: {} {} {}: {}", domain.name, cand_id, regime, e)
+            return self._done(
+                TrialResult(
+                    domain=domain.name,
+                    cand_id=cand_id,
+                    regime=regime,
+                    ok=False,
+                    failure=f"could not apply or run: {e}"[:600],
+                    wall_s=time.monotonic() - t0,
+                    started_at=started,
+                )
+            )
+
+    def _done(self, result: TrialResult) -> TrialResult:
+        self.counters.trials += 1
+        if not result.ok:
+            self.counters.failed_trials += 1
+        if self.on_trial is not None:
+            self.on_trial(result)
+        return result
+
+
+LATENCY_KPIS = (P50, P95, P99)
