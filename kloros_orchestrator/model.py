@@ -91,3 +91,4 @@ class TrialResult(msgspec.Struct, frozen=True):
     cap_breach: str | None = None
     wall_s: float = 0.0
     started_at: float = 0.0
+    cpus: tuple[int, ...] | None = None  # the CPU set the workload was confined to (None = all)

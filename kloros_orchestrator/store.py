@@ -122,6 +122,10 @@ class StatePaths:
         return self.logs / "fitness_history.jsonl"
 
     @property
+    def trials(self) -> Path:
+        return self.logs / "trials.jsonl"
+
+    @property
     def journal(self) -> Path:
         return self.root / "journal"
 
@@ -138,5 +142,13 @@ class StatePaths:
         return self.root / "tmp"
 
     def ensure(self) -> None:
-        for p in (self.artifacts, self.manifests, self.phase, self.logs, self.journal, self.scratch, self.tmp):
+        for p in (
+            self.artifacts,
+            self.manifests,
+            self.phase,
+            self.logs,
+            self.journal,
+            self.scratch,
+            self.tmp,
+        ):
             p.mkdir(parents=True, exist_ok=True)

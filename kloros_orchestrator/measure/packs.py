@@ -114,7 +114,9 @@ def build_pack(
             "kpis": values,
             "baseline": {**base, "baseline_id": baseline_ids.get(regime, "")},
             "delta": {k: [v - base[k] for v in vals] for k, vals in values.items() if k in base},
-            "ci95": {k: list(bootstrap_mean_ci(np.asarray(v), rng=rng, n_boot=n_boot)) for k, v in values.items()},
+            "ci95": {
+                k: list(bootstrap_mean_ci(np.asarray(v), rng=rng, n_boot=n_boot)) for k, v in values.items()
+            },
         }
         regimes.append(entry)
         for k, v in values.items():
@@ -178,7 +180,9 @@ def baseline_entry(
     values = kpi_values(trials)
     return {
         "kpis": {k: float(np.mean(v)) for k, v in values.items()},
-        "ci95": {k: list(bootstrap_mean_ci(np.asarray(v), rng=rng, n_boot=n_boot)) for k, v in values.items()},
+        "ci95": {
+            k: list(bootstrap_mean_ci(np.asarray(v), rng=rng, n_boot=n_boot)) for k, v in values.items()
+        },
         "trials": successful(trials),
         "baseline_id": baseline_id,
         "code_hash": code_hash,

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import anyio
+import msgspec
 from loguru import logger
 
 from kloros_orchestrator.errors import DomainError, WorkloadFailed
@@ -58,13 +59,21 @@ class Evaluator:
         *,
         cand_id: str,
         duration_s: float | None = None,
+        cpus: tuple[int, ...] | None = None,
     ) -> TrialResult:
+        """One trial. ``cpus``: a CPU set this trial must stay inside (parallel trials on disjoint
+        sets); intersected with the genome's own affinity, or used alone when they do not meet."""
         started = self.clock()
         t0 = time.monotonic()
         breach: list[str] = []
+        placed: tuple[int, ...] | None = None
         try:
             domain.apply(genome)
             workload = domain.build_workload(regime, genome, duration_s=duration_s)
+            if cpus is not None:
+                own = set(workload.cpus) if workload.cpus is not None else set(cpus)
+                workload = msgspec.structs.replace(workload, cpus=tuple(sorted(own & set(cpus))) or cpus)
+            placed = workload.cpus
             sampler = TrialSampler(self.sensors)
             caps = self.caps.get(domain.name, {})
             sampler.start(self.clock())
@@ -111,6 +120,7 @@ class Evaluator:
                         cap_breach="; ".join(breach),
                         wall_s=time.monotonic() - t0,
                         started_at=started,
+                        cpus=placed,
                     )
                 )
             kpis: dict[str, float] = {}
@@ -136,6 +146,7 @@ class Evaluator:
                         cap_breach="; ".join(final_breach),
                         wall_s=time.monotonic() - t0,
                         started_at=started,
+                        cpus=placed,
                     )
                 )
             if workload.command is None and THROUGHPUT not in kpis:
@@ -149,6 +160,7 @@ class Evaluator:
                     kpis=kpis,
                     wall_s=time.monotonic() - t0,
                     started_at=started,
+                    cpus=placed,
                 )
             )
         except WorkloadFailed as e:
@@ -162,6 +174,7 @@ class Evaluator:
                     failure=f"{getattr(e, 'reason', type(e).__name__)}: {e}"[:600],
                     wall_s=time.monotonic() - t0,
                     started_at=started,
+                    cpus=placed,
                 )
             )
         except (OSError, DomainError) as e:
@@ -177,6 +190,7 @@ class Evaluator:
                     failure=f"could not apply or run: {e}"[:600],
                     wall_s=time.monotonic() - t0,
                     started_at=started,
+                    cpus=placed,
                 )
             )
 
