@@ -10,6 +10,7 @@ same tournament, which is also what ``baselines.json`` is refreshed from.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 import zlib
@@ -51,7 +52,7 @@ def cpu_slices(cpu_ids: tuple[int, ...], k: int) -> list[tuple[int, ...]]:
     """``k`` disjoint, contiguous, near-equal CPU sets covering ``cpu_ids`` (k ≤ len(cpu_ids))."""
     k = max(1, min(k, len(cpu_ids)))
     bounds = np.linspace(0, len(cpu_ids), k + 1).round().astype(int)
-    return [tuple(cpu_ids[a:b]) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+    return [tuple(cpu_ids[a:b]) for a, b in itertools.pairwise(bounds)]
 
 
 def _seed(*parts: object) -> list[int]:

@@ -6,6 +6,7 @@ received on a socket it binds, exactly as systemd would — no sleeping to wait 
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
@@ -200,7 +201,9 @@ def test_window_drains_phase_runs_dream_resumes_and_sigterm_is_clean(workdir: Pa
 
         # SIGTERM mid-trial: exit 0 within 5 s, no stress-ng left, socket removed.
         msg = notify.wait_for(lambda m: "workload pid" in m, 60, "a trial running after resume")
-        assert psutil.pid_exists(int(msg.split("workload pid ")[1].split()[0])), "expected a trial to be running"
+        assert psutil.pid_exists(int(msg.split("workload pid ")[1].split()[0])), (
+            "expected a trial to be running"
+        )
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=10)
@@ -277,11 +280,11 @@ def test_max_parallel_only_for_process_scoped_domains_on_disjoint_cpus(workdir: 
 
     cpu, mem = spans("cpu"), spans("memory")
     assert cpu and mem
-    cpu_overlaps = [(a, b) for a, b in zip(cpu, cpu[1:], strict=False) if b[0] < a[1] - 0.05]
+    cpu_overlaps = [(a, b) for a, b in itertools.pairwise(cpu) if b[0] < a[1] - 0.05]
     assert cpu_overlaps, "process-scoped cpu trials should run side by side"
     for a, b in cpu_overlaps:
         assert a[2] and b[2] and not set(a[2]) & set(b[2]), "parallel trials must use disjoint CPU sets"
-    assert not [1 for a, b in zip(mem, mem[1:], strict=False) if b[0] < a[1] - 0.05], (
+    assert not [1 for a, b in itertools.pairwise(mem) if b[0] < a[1] - 0.05], (
         "system-scoped memory knobs must never be tried in parallel"
     )
     assert not any((workdir / "state" / "journal").iterdir())
