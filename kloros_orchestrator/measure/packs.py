@@ -8,11 +8,15 @@ listed in ``missing_kpis`` and appears nowhere else.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
+import msgspec
 import numpy as np
 
+from kloros_orchestrator.errors import SchemaError
 from kloros_orchestrator.measure.scoring import score_regime, score_v2
 from kloros_orchestrator.measure.stats import bootstrap_mean_ci, score_ci
 from kloros_orchestrator.model import REGIMES, TrialResult
@@ -114,8 +118,11 @@ def build_pack(
             "kpis": values,
             "baseline": {**base, "baseline_id": baseline_ids.get(regime, "")},
             "delta": {k: [v - base[k] for v in vals] for k, vals in values.items() if k in base},
+            # One value has no interval: a KPI measured once gets no ci95 entry rather than [x, x].
             "ci95": {
-                k: list(bootstrap_mean_ci(np.asarray(v), rng=rng, n_boot=n_boot)) for k, v in values.items()
+                k: list(bootstrap_mean_ci(np.asarray(v), rng=rng, n_boot=n_boot))
+                for k, v in values.items()
+                if len(v) >= 2
             },
         }
         regimes.append(entry)
@@ -129,10 +136,13 @@ def build_pack(
     shortfall = scoring_shortfall(arm, stock, min_trials)
     score: float | None = None
     ci: list[float] | None = None
+    ci_note: str | None = None
     if shortfall is None:
         score = arm_score(arm, stock)
         if score is None:
             shortfall = "no regime could be scored (throughput absent)"
+        elif min(min(successful(arm[r]), successful(stock.get(r, ()))) for r in arm) < 2:
+            ci_note = "fewer than 2 successful trials in a regime: no interval, so no claim of improvement"
         else:
             lo, hi = arm_score_ci(arm, stock, rng=rng, n_boot=n_boot)
             # A percentile CI of a ratio need not contain the plug-in estimate; widen to contain it.
@@ -153,6 +163,7 @@ def build_pack(
             "score_v2": score,
             "score_ci95": ci,
             "improves_over_baseline": bool(ci is not None and ci[0] > 0),
+            "score_ci_note": ci_note,
             "scored": score is not None,
             "not_scored_reason": shortfall,
         },
@@ -181,10 +192,78 @@ def baseline_entry(
     return {
         "kpis": {k: float(np.mean(v)) for k, v in values.items()},
         "ci95": {
-            k: list(bootstrap_mean_ci(np.asarray(v), rng=rng, n_boot=n_boot)) for k, v in values.items()
+            k: list(bootstrap_mean_ci(np.asarray(v), rng=rng, n_boot=n_boot))
+            for k, v in values.items()
+            if len(v) >= 2
         },
         "trials": successful(trials),
         "baseline_id": baseline_id,
         "code_hash": code_hash,
         "measured_at": measured_at,
     }
+
+
+# --- reading packs back ------------------------------------------------------------------------------
+
+
+class PackRegime(msgspec.Struct, frozen=True):
+    regime: str
+    trials: int
+    kpis: dict[str, list[float]]
+    baseline: dict[str, float | str]
+    delta: dict[str, list[float]]
+    ci95: dict[str, tuple[float, float]]
+
+
+class PackAggregate(msgspec.Struct, frozen=True):
+    means: dict[str, dict[str, float]]
+    score_v2: float | None
+    score_ci95: tuple[float, float] | None
+    improves_over_baseline: bool
+
+
+class CandidatePack(msgspec.Struct, frozen=True):
+    """The contract fields of ``candidate_pack.v2`` (extra keys are allowed: the format is additive)."""
+
+    schema: Literal["candidate_pack.v2"]
+    run_id: str
+    domain: str
+    cand_id: str
+    generation: int
+    spica_id: str
+    genome: dict[str, str | int | float | bool]
+    regimes: list[PackRegime]
+    aggregate: PackAggregate
+    safe: bool
+    unsafe_reasons: list[str]
+    missing_kpis: list[str]
+    code_hash: str
+
+
+_AT = re.compile(r"^(?P<problem>.*?)(?: - at `\$(?P<path>[^`]*)`)?$", re.S)
+_MISSING = re.compile(r"^Object missing required field `(?P<field>[^`]+)`$")
+
+
+def load_pack(path: Path) -> CandidatePack:
+    """Read and validate a pack; a corrupted or schema-violating file raises SchemaError(file, field)."""
+    try:
+        raw = Path(path).read_bytes()
+    except OSError as e:
+        raise SchemaError(str(path), "<document>", f"unreadable: {e.strerror or e}") from e
+    try:
+        pack = msgspec.json.decode(raw, type=CandidatePack)
+    except msgspec.ValidationError as e:
+        m = _AT.match(str(e))
+        problem = m.group("problem") if m else str(e)
+        field = (m.group("path") or "").lstrip(".") if m else ""
+        missing = _MISSING.match(problem)
+        if missing:
+            field = f"{field}.{missing.group('field')}" if field else missing.group("field")
+        raise SchemaError(str(path), field or "<document>", problem) from e
+    except msgspec.DecodeError as e:
+        raise SchemaError(str(path), "<document>", f"not valid JSON: {e}") from e
+    for i, reg in enumerate(pack.regimes):
+        for kpi, (lo, hi) in reg.ci95.items():
+            if not lo <= hi:
+                raise SchemaError(str(path), f"regimes[{i}].ci95.{kpi}", f"lower bound {lo} above upper {hi}")
+    return pack

@@ -28,7 +28,7 @@ from kloros_orchestrator.core.coordinator import TournamentDone, TournamentStart
 from kloros_orchestrator.core.pacing import PacingInputs, decide, estimate_tournament_s, should_start
 from kloros_orchestrator.engine import Candidate, Evolution, Race, SearchSpace
 from kloros_orchestrator.errors import SchemaError
-from kloros_orchestrator.measure.packs import baseline_entry, build_pack, round_score
+from kloros_orchestrator.measure.packs import baseline_entry, build_pack, load_pack, round_score
 from kloros_orchestrator.model import REGIMES, Genome, TrialResult
 from kloros_orchestrator.phase.results import PhaseResults, latest_results, load_results
 from kloros_orchestrator.spica.base import SpicaDomain, code_hash
@@ -104,7 +104,9 @@ class DreamLoop:
             self.engines[name] = self._make_engine(name, dom, saved)
             self.committed[name] = self.engines[name].state()
             self.generation[name] = int(saved.get("generation", 0)) if saved else 0
-            self.hall_of_fame[name] = list(saved.get("hall_of_fame", [])) if saved else []
+            self.hall_of_fame[name] = (
+                list(saved.get("hall_of_fame", [])) if saved else self._hall_of_fame_from_packs(name)
+            )
             self.durations[name] = deque(saved.get("durations", []) if saved else [], maxlen=ROLLING)
             logger.info(
                 "domain {}: {} knob(s) {}; dropped {}",
@@ -114,6 +116,34 @@ class DreamLoop:
                 dom.dropped,
             )
 
+    def _hall_of_fame_from_packs(self, name: str) -> list[dict[str, Any]]:
+        """Without a saved state (new or lost state.json), rebuild the hall of fame from the packs
+        on disk. A corrupted or schema-violating pack is reported (file and field) and skipped."""
+        hof: list[dict[str, Any]] = []
+        for path in sorted(self.d.paths.candidates(name).glob("gen*_best.json")):
+            try:
+                pack = load_pack(path)
+            except SchemaError as e:
+                logger.error("candidate pack rejected: {}", e)
+                self.d.record("pack_rejected", path=str(path), field=e.field, problem=e.problem)
+                continue
+            agg = pack.aggregate
+            if pack.safe and agg.score_v2 is not None and pack.domain == name:
+                hof.append(
+                    {
+                        "cand_id": pack.cand_id,
+                        "spica_id": pack.spica_id,
+                        "genome": dict(pack.genome),
+                        "generation": pack.generation,
+                        "score": agg.score_v2,
+                        "score_ci95": list(agg.score_ci95) if agg.score_ci95 else None,
+                    }
+                )
+        hof.sort(key=lambda h: h["score"], reverse=True)
+        if hof:
+            logger.info("domain {}: hall of fame rebuilt from {} pack(s) on disk", name, len(hof))
+        return hof[:HOF_SIZE]
+
     def _make_engine(self, name: str, dom: SpicaDomain, saved: dict[str, Any] | None) -> Evolution:
         space = SearchSpace.from_dict(dom.search_space())
         if saved and saved.get("engine"):
@@ -122,9 +152,8 @@ class DreamLoop:
             except (KeyError, ValueError, TypeError) as e:
                 logger.error("saved engine state for {} unusable ({}); starting a new search", name, e)
         seed = int(np.random.SeedSequence(_seed(self.d.cfg.seed, name)).generate_state(1)[0])
-        return Evolution(
-            space, population=self.cfg.population, seed=seed, elite=self.cfg.elite, initial=[self.stock[name]]
-        )
+        # The stock genome is not a candidate: the stock arm is measured in every tournament anyway.
+        return Evolution(space, population=self.cfg.population, seed=seed, elite=self.cfg.elite)
 
     def engine_states(self) -> dict[str, dict[str, Any]]:
         return {
