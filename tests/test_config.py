@@ -44,25 +44,38 @@ def test_default_regimes_and_caps_exist_for_every_registered_domain() -> None:
 
 
 def test_every_problem_is_reported_at_once_with_file_and_key(tmp_path: Path) -> None:
-    p = write(tmp_path, {
-        "seed": "seven",
-        "bogus": 1,
-        "dream": {"trials": -1, "population": 0, "domains": ["cpu", "nonsense"], "extra": True},
-        "phase": {"window": {"start": "25:00", "duration": "abc"}, "qtime": {"epochs": 0}},
-    })
+    p = write(
+        tmp_path,
+        {
+            "seed": "seven",
+            "bogus": 1,
+            "dream": {"trials": -1, "population": 0, "domains": ["cpu", "nonsense"], "extra": True},
+            "phase": {"window": {"start": "25:00", "duration": "abc"}, "qtime": {"epochs": 0}},
+        },
+    )
     probs = problems_of(p)
     text = "\n".join(probs)
     assert f"{p}: seed: Expected `int`, got `str`" in probs
     assert f"{p}: bogus: unknown key" in probs
     assert f"{p}: dream.extra: unknown key" in probs
     # Type errors stop before range checks; fix them and the range problems all show together.
-    p2 = write(tmp_path, {
-        "dream": {"trials": -1, "population": 0, "domains": ["cpu", "nonsense"]},
-        "phase": {"window": {"start": "25:00", "duration": "abc"}, "qtime": {"epochs": 0}},
-    }, "d2.yaml")
+    p2 = write(
+        tmp_path,
+        {
+            "dream": {"trials": -1, "population": 0, "domains": ["cpu", "nonsense"]},
+            "phase": {"window": {"start": "25:00", "duration": "abc"}, "qtime": {"epochs": 0}},
+        },
+        "d2.yaml",
+    )
     text = "\n".join(problems_of(p2))
-    for key in ("dream.trials", "dream.population", "phase.window.start", "phase.window.duration",
-                "phase.qtime.epochs", "dream.domains"):
+    for key in (
+        "dream.trials",
+        "dream.population",
+        "phase.window.start",
+        "phase.window.duration",
+        "phase.qtime.epochs",
+        "dream.domains",
+    ):
         assert f"{p2}: {key}:" in text, key
 
 
@@ -93,8 +106,9 @@ def test_min_trials_above_trials_is_allowed_and_effective_min_is_clamped(tmp_pat
     assert load_config(p).config.dream.trials == 1
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("4h", 14400), ("30m", 1800), ("1h30m", 5400), (90, 90),
-                                               ("90s", 90), (2.5, 2.5)])
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("4h", 14400), ("30m", 1800), ("1h30m", 5400), (90, 90), ("90s", 90), (2.5, 2.5)]
+)
 def test_parse_duration(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == seconds
 
@@ -120,4 +134,15 @@ def test_cli_validate_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 def test_cli_status_without_daemon_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["status", "--socket", str(tmp_path / "none.sock")]) == 1
-    assert "not running" in capsys.readouterr().err.lower()
+    assert "no daemon is listening" in capsys.readouterr().err
+
+
+def test_run_without_stress_ng_exits_3_with_the_install_command(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = write(tmp_path, {"state_dir": str(tmp_path / "state"), "dream": {"domains": ["cpu"]}})
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))
+    assert main(["run", "--config", str(cfg)]) == 3
+    assert "apt-get update && apt-get install -y stress-ng" in capsys.readouterr().err

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import platform
 import time
 import zlib
 from collections import deque
@@ -493,7 +494,9 @@ class DreamLoop:
                 rng=rng,
                 n_boot=self.n_boot,
             )
+            # Bogo-ops are only comparable within one stress-ng version and kernel: record both.
             entry[regime]["stress_ng_version"] = self.d.stress_ng_version
+            entry[regime]["kernel"] = platform.release()
             entry[regime]["genome"] = self.stock[name]
         if entry:
             data[name] = {**data.get(name, {}), **entry}
