@@ -21,7 +21,7 @@ from kloros_orchestrator.errors import DomainError, WorkloadFailed
 from kloros_orchestrator.measure.caps import CapLimit, check_caps
 from kloros_orchestrator.measure.sensors import Sensors, TrialSampler
 from kloros_orchestrator.measure.stressng_output import latency_kpis, parse_cyclic_percentiles, throughput
-from kloros_orchestrator.model import P50, P95, P99, THROUGHPUT, Genome, TrialResult
+from kloros_orchestrator.model import THROUGHPUT, Genome, TrialResult
 from kloros_orchestrator.runtime.workloads import run_stress_ng
 from kloros_orchestrator.spica.base import SpicaDomain
 
@@ -65,142 +65,104 @@ class Evaluator:
         sets); intersected with the genome's own affinity, or used alone when they do not meet."""
         started = self.clock()
         t0 = time.monotonic()
-        breach: list[str] = []
-        placed: tuple[int, ...] | None = None
+        placed: list[tuple[int, ...] | None] = [None]
+
+        def result(
+            ok: bool,
+            kpis: dict[str, float] | None = None,
+            failure: str | None = None,
+            cap_breach: str | None = None,
+        ) -> TrialResult:
+            res = TrialResult(
+                domain=domain.name, cand_id=cand_id, regime=regime, ok=ok, kpis=kpis or {},
+                failure=failure[:600] if failure else None, cap_breach=cap_breach,
+                wall_s=time.monotonic() - t0, started_at=started, cpus=placed[0],
+            )  # fmt: skip
+            self.counters.trials += 1
+            self.counters.failed_trials += 0 if ok else 1
+            if self.on_trial is not None:
+                self.on_trial(res)
+            return res
+
         try:
-            domain.apply(genome)
-            workload = domain.build_workload(regime, genome, duration_s=duration_s)
-            if cpus is not None:
-                own = set(workload.cpus) if workload.cpus is not None else set(cpus)
-                workload = msgspec.structs.replace(workload, cpus=tuple(sorted(own & set(cpus))) or cpus)
-            placed = workload.cpus
-            sampler = TrialSampler(self.sensors)
-            caps = self.caps.get(domain.name, {})
-            sampler.start(self.clock())
-            run = None
-            failed: WorkloadFailed | None = None
-            async with anyio.create_task_group() as tg:
-
-                async def monitor() -> None:
-                    while True:
-                        await anyio.sleep(SAMPLE_PERIOD_S)
-                        reasons = check_caps(caps, sampler.sample(self.clock()))
-                        if reasons:
-                            breach.extend(reasons)
-                            logger.warning(
-                                "cap breached in {} {} {}: {}", domain.name, cand_id, regime, reasons
-                            )
-                            tg.cancel_scope.cancel()
-                            return
-
-                tg.start_soon(monitor)
-                # Caught here, not around the task group: anyio would wrap it in an ExceptionGroup.
-                try:
-                    run = await run_stress_ng(
-                        workload,
-                        workdir=self.workdir,
-                        exe=self.exe,
-                        grace_s=self.grace_s,
-                        on_started=self.on_spawn,
-                    )
-                except WorkloadFailed as e:
-                    failed = e
-                tg.cancel_scope.cancel()
-            sensor_kpis = sampler.finish(self.clock())
-            if failed is not None and not breach:
-                raise failed
-            if breach or run is None:
-                return self._done(
-                    TrialResult(
-                        domain=domain.name,
-                        cand_id=cand_id,
-                        regime=regime,
-                        ok=False,
-                        failure=f"cap breach: {'; '.join(breach)}",
-                        cap_breach="; ".join(breach),
-                        wall_s=time.monotonic() - t0,
-                        started_at=started,
-                        cpus=placed,
-                    )
-                )
-            kpis: dict[str, float] = {}
-            if workload.command is not None:
-                kpis.update(domain.extract_kpis(run.log_text))
-            else:
-                tp = throughput(run.metrics)
-                if tp is not None:
-                    kpis[THROUGHPUT] = tp
-                if workload.probe:
-                    kpis.update(latency_kpis(parse_cyclic_percentiles(run.log_text)))
-            kpis.update(sensor_kpis)
-            final_breach = check_caps(caps, kpis)
-            if final_breach:
-                return self._done(
-                    TrialResult(
-                        domain=domain.name,
-                        cand_id=cand_id,
-                        regime=regime,
-                        ok=False,
-                        kpis=kpis,
-                        failure=f"cap breach: {'; '.join(final_breach)}",
-                        cap_breach="; ".join(final_breach),
-                        wall_s=time.monotonic() - t0,
-                        started_at=started,
-                        cpus=placed,
-                    )
-                )
-            if workload.command is None and THROUGHPUT not in kpis:
-                raise WorkloadFailed("stress-ng reported no throughput for the workload stressors")
-            return self._done(
-                TrialResult(
-                    domain=domain.name,
-                    cand_id=cand_id,
-                    regime=regime,
-                    ok=True,
-                    kpis=kpis,
-                    wall_s=time.monotonic() - t0,
-                    started_at=started,
-                    cpus=placed,
-                )
-            )
+            kpis, breach = await self._measure(domain, genome, regime, cand_id, duration_s, cpus, placed)
         except WorkloadFailed as e:
             logger.warning("trial failed: {} {} {}: {}", domain.name, cand_id, regime, e)
-            return self._done(
-                TrialResult(
-                    domain=domain.name,
-                    cand_id=cand_id,
-                    regime=regime,
-                    ok=False,
-                    failure=f"{getattr(e, 'reason', type(e).__name__)}: {e}"[:600],
-                    wall_s=time.monotonic() - t0,
-                    started_at=started,
-                    cpus=placed,
-                )
-            )
+            return result(False, failure=f"{getattr(e, 'reason', type(e).__name__)}: {e}")
         except (OSError, DomainError) as e:
             # A knob write refused mid-run (e.g. EINVAL for a value the kernel rejects) fails this
             # trial, not the daemon.
             logger.warning("trial could not run: {} {} {}: {}", domain.name, cand_id, regime, e)
-            return self._done(
-                TrialResult(
-                    domain=domain.name,
-                    cand_id=cand_id,
-                    regime=regime,
-                    ok=False,
-                    failure=f"could not apply or run: {e}"[:600],
-                    wall_s=time.monotonic() - t0,
-                    started_at=started,
-                    cpus=placed,
+            return result(False, failure=f"could not apply or run: {e}")
+        if breach:
+            text = "; ".join(breach)
+            return result(False, kpis, failure=f"cap breach: {text}", cap_breach=text)
+        return result(True, kpis)
+
+    async def _measure(
+        self,
+        domain: SpicaDomain,
+        genome: Genome,
+        regime: str,
+        cand_id: str,
+        duration_s: float | None,
+        cpus: tuple[int, ...] | None,
+        placed: list[tuple[int, ...] | None],
+    ) -> tuple[dict[str, float], list[str]]:
+        """Apply, run with live cap checks, extract KPIs; returns (kpis, cap breaches)."""
+        domain.apply(genome)
+        workload = domain.build_workload(regime, genome, duration_s=duration_s)
+        if cpus is not None:
+            own = set(workload.cpus) if workload.cpus is not None else set(cpus)
+            workload = msgspec.structs.replace(workload, cpus=tuple(sorted(own & set(cpus))) or cpus)
+        placed[0] = workload.cpus
+        sampler = TrialSampler(self.sensors)
+        caps = self.caps.get(domain.name, {})
+        breach: list[str] = []
+        sampler.start(self.clock())
+        run = None
+        failed: WorkloadFailed | None = None
+        async with anyio.create_task_group() as tg:
+
+            async def monitor() -> None:
+                while True:
+                    await anyio.sleep(SAMPLE_PERIOD_S)
+                    reasons = check_caps(caps, sampler.sample(self.clock()))
+                    if reasons:
+                        breach.extend(reasons)
+                        logger.warning("cap breached in {} {} {}: {}", domain.name, cand_id, regime, reasons)
+                        tg.cancel_scope.cancel()  # kills the trial's process group
+                        return
+
+            tg.start_soon(monitor)
+            # Caught here, not around the task group: anyio would wrap it in an ExceptionGroup.
+            try:
+                run = await run_stress_ng(
+                    workload,
+                    workdir=self.workdir,
+                    exe=self.exe,
+                    grace_s=self.grace_s,
+                    on_started=self.on_spawn,
                 )
-            )
+            except WorkloadFailed as e:
+                failed = e
+            tg.cancel_scope.cancel()
+        sensor_kpis = sampler.finish(self.clock())
+        if breach:
+            return {}, breach
+        if failed is not None:
+            raise failed
+        assert run is not None
+        kpis: dict[str, float] = {}
+        if workload.command is not None:
+            kpis.update(domain.extract_kpis(run.stdout_text))
+        else:
+            tp = throughput(run.metrics)
+            if tp is None:
+                raise WorkloadFailed("stress-ng reported no throughput for the workload stressors")
+            kpis[THROUGHPUT] = tp
+            if workload.probe:
+                kpis.update(latency_kpis(parse_cyclic_percentiles(run.log_text)))
+        kpis.update(sensor_kpis)
+        return kpis, check_caps(caps, kpis)
 
-    def _done(self, result: TrialResult) -> TrialResult:
-        self.counters.trials += 1
-        if not result.ok:
-            self.counters.failed_trials += 1
-        if self.on_trial is not None:
-            self.on_trial(result)
-        return result
-
-
-LATENCY_KPIS = (P50, P95, P99)
