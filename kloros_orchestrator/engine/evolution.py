@@ -7,6 +7,7 @@ random samples. Every later generation is bred from the one before:
 
 * elitism — the best ``elite`` genomes of the whole archive are asked again under their old ids:
   they are the incumbents, and re-measuring them keeps a lucky first estimate from ruling;
+* genomes handed in with ``inject()`` (PHASE-promoted variants), once each;
 * one *probe*: the best genome with one choice/bool knob changed (categories interact, and a
   population otherwise settles on one category before the others were tried with good numbers);
 * tournament selection (``tournament_k``) on the archive mean fitness of each genome;
@@ -22,7 +23,7 @@ and each immigrant the best of ``4 × screening`` random draws. On noisy landsca
 halves the distance to the optimum for the same number of samples; ``screening=1`` turns it off.
 
 ``adapt()`` (call it after each ``tell``) narrows numeric ranges around the top genomes while the
-best keeps improving (two generations running), widens them back towards the declared bounds
+best keeps improving (three generations running), widens them back towards the declared bounds
 after ``patience`` generations without improvement, and drops (freezes at the best genome's
 value) a knob whose values show no relationship with fitness. Every change is appended to
 ``adaptations`` as a readable line.
@@ -64,6 +65,9 @@ _RETRIES: Final = 24  # attempts to breed a genome not yet seen before accepting
 _NARROW_FACTOR: Final = 0.7  # a narrowing keeps at least this share of the current width...
 _MIN_WIDTH: Final = 0.05  # ...and never less than this share of the declared (log-)width
 _WIDEN_FACTOR: Final = 1.5
+_NARROW_STREAK: Final = 3  # generations of improvement in a row before a narrowing
+_NARROW_TOP: Final = 0.25  # narrow around this share of the population's size of top genomes...
+_NARROW_MARGIN: Final = 1.25  # ...keeping their spread plus a quarter
 _DROP_P: Final = 0.5  # drop a knob only when no test finds a hint of a relationship (p > 0.5)
 _DROP_RHO: Final = 0.15
 _DROP_STREAK: Final = 2  # consecutive adapt() calls that must agree before a drop
@@ -445,7 +449,7 @@ class Evolution:
         if self._generation == 0 or self._pending is not None:
             return []
         changes: list[str] = []
-        if self._improve_streak >= 2:
+        if self._improve_streak >= _NARROW_STREAK:
             changes += self._narrow(f"best improved {self._improve_streak} generations running")
             self._improve_streak = 0
         elif self._stagnant >= self.patience:
@@ -460,7 +464,7 @@ class Evolution:
         scored = [
             (c, m) for c, m in self.hall_of_fame(len(self._archive)) if self.space.contains(c.genome)
         ]
-        top = scored[: max(3, self.population // 4)]
+        top = scored[: max(3, int(self.population * _NARROW_TOP))]
         if len(top) < 3:
             return []
         best = top[0][0].genome
@@ -472,7 +476,7 @@ class Evolution:
             lo, hi = orig.to_unit(cur.low), orig.to_unit(cur.high)
             width = hi - lo
             vals = [orig.to_unit(float(c.genome[name])) for c, _ in top]
-            new_w = max(width * _NARROW_FACTOR, (max(vals) - min(vals)) * 1.25, _MIN_WIDTH)
+            new_w = max(width * _NARROW_FACTOR, (max(vals) - min(vals)) * _NARROW_MARGIN, _MIN_WIDTH)
             if new_w >= width * 0.95:
                 continue
             center = orig.to_unit(float(best[name]))
