@@ -31,11 +31,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--socket", help="override the status socket path")
     run.add_argument("--epochs-per-cycle", type=int, help="override dream.epochs_per_cycle")
     run.add_argument("--max-parallel", type=int, help="override dream.max_parallel")
-    run.add_argument("--once", action="store_true", help="one D-REAM pass over the enabled domains, then exit")
+    run.add_argument(
+        "--once", action="store_true", help="one D-REAM pass over the enabled domains, then exit"
+    )
 
     for name, text in (("status", "query the running daemon"), ("phase-now", "open a PHASE window now")):
         q = sub.add_parser(name, help=text)
-        q.add_argument("--socket", help="the daemon's socket (default: from --config or the embedded default)")
+        q.add_argument(
+            "--socket", help="the daemon's socket (default: from --config or the embedded default)"
+        )
         q.add_argument("--config", type=Path, help="read the socket path from this dream.yaml")
         if name == "status":
             q.add_argument("--json", action="store_true", help="print the raw status object")
@@ -164,8 +168,7 @@ def format_status(s: dict[str, Any]) -> str:
         f"domain      {s.get('domain') or '-'}  generation {s.get('generation')}",
         f"tournament  {t.get('done', 0)}/{t.get('total', 0)} trials",
         f"next window {_when(nw.get('start'))} → {_when(nw.get('end'))}",
-        "last PHASE  "
-        + (f"{_when(lp.get('completed_at'))}  {lp.get('results')}" if lp else "none yet"),
+        "last PHASE  " + (f"{_when(lp.get('completed_at'))}  {lp.get('results')}" if lp else "none yet"),
         f"pacing      last sleep {pacing.get('last_sleep_s', '-')} s: {pacing.get('reason', '-')}",
         "domains     " + ", ".join(f"{k}={v}" for k, v in domains.items()),
         "counters    " + ", ".join(f"{k}={v}" for k, v in counters.items()),

@@ -92,17 +92,19 @@ class LoadedConfig(msgspec.Struct, frozen=True):
 
     @property
     def state_dir(self) -> Path:
-        return Path(self.config.state_dir)
+        # Absolute: workloads run with their own working directory, so a relative "./var" would
+        # point somewhere else inside a trial (stress-ng --temp-path).
+        return Path(self.config.state_dir).absolute()
 
     @property
     def socket_path(self) -> Path:
         if self.config.socket:
-            return Path(self.config.socket)
+            return Path(self.config.socket).absolute()
         return self.state_dir / "kloros.sock"
 
     @property
     def sysfs_root(self) -> Path:
-        return Path(self.config.sysfs_root)
+        return Path(self.config.sysfs_root).absolute()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -187,7 +189,9 @@ def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
 def _range_checks(cfg: Config, file: str, problems: list[str]) -> float:
     d = cfg.dream
 
-    def positive(key: str, value: float | int | None, *, allow_none: bool = False, zero: bool = False) -> None:
+    def positive(
+        key: str, value: float | int | None, *, allow_none: bool = False, zero: bool = False
+    ) -> None:
         if value is None:
             if not allow_none:
                 problems.append(f"{file}: {key}: must be set")
@@ -221,7 +225,9 @@ def _range_checks(cfg: Config, file: str, problems: list[str]) -> float:
     positive("phase.trial_seconds", cfg.phase.trial_seconds, allow_none=True)
     positive("phase.max_variants", cfg.phase.max_variants, zero=True)
     if q.slices > len(REGIMES):
-        problems.append(f"{file}: phase.qtime.slices: at most {len(REGIMES)} (one per regime), got {q.slices}")
+        problems.append(
+            f"{file}: phase.qtime.slices: at most {len(REGIMES)} (one per regime), got {q.slices}"
+        )
     if q.min_replicas > q.replicas:
         problems.append(f"{file}: phase.qtime.min_replicas: exceeds phase.qtime.replicas")
     from kloros_orchestrator.core.schedule import parse_window_start
@@ -376,7 +382,9 @@ def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = 
     for dom in cfg.dream.domains:
         opts = cfg.domain_options.get(dom, {})
         if dom not in known and opts.get("kind") != "generic":
-            problems.append(f"{file}: dream.domains: unknown domain {dom!r} (known: {', '.join(sorted(known))})")
+            problems.append(
+                f"{file}: dream.domains: unknown domain {dom!r} (known: {', '.join(sorted(known))})"
+            )
             continue
         rpath = regimes_dir / f"{dom}.yaml"
         if not rpath.exists():

@@ -30,7 +30,7 @@ def test_embedded_default_loads_with_every_default_domain() -> None:
     for dom in loaded.config.dream.domains:
         assert set(loaded.regimes[dom]) == set(REGIMES)
     assert loaded.window_duration_s == 4 * 3600
-    assert str(loaded.state_dir) == "var"
+    assert loaded.state_dir == Path.cwd() / "var"  # absolute: trials run in their own cwd
 
 
 def test_default_regimes_and_caps_exist_for_every_registered_domain() -> None:

@@ -766,6 +766,8 @@ async def run_stress_ng(
                 outcome = await _supervise(
                     argv, cwd=rundir, env=env, deadline_s=deadline, grace_s=grace_s, on_started=on_started
                 )
+                if outcome.returncode != 0 or outcome.timed_out or outcome.aborted:
+                    tg.cancel_scope.cancel()  # the trial is lost: do not wait out the probe
         except FileNotFoundError as exc:
             raise ToolMissing(f"{exc}; {INSTALL_HINT}") from exc
         yaml_text: str | None

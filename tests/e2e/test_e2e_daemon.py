@@ -18,6 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import yaml
 from e2e_helpers import TAG, Notify, events, make_config, query, start_daemon, stress_ng_pids
 
 pytestmark = pytest.mark.e2e
@@ -107,8 +108,12 @@ def test_window_drains_phase_runs_dream_resumes_and_sigterm_is_clean(workdir: Pa
 
 def test_run_once_writes_packs_baselines_and_manifest(workdir: Path) -> None:
     cfg = make_config(workdir, trials=2, population=2)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["state_dir"] = "state"  # relative to the working directory, like the default "./var"
+    cfg.write_text(yaml.safe_dump(raw))
     r = subprocess.run(
         [sys.executable, "-m", "kloros_orchestrator", "run", "--config", str(cfg), "--once"],
+        cwd=workdir,
         env={**os.environ, "KLR_E2E_TAG": TAG},
         capture_output=True,
         text=True,
@@ -118,8 +123,11 @@ def test_run_once_writes_packs_baselines_and_manifest(workdir: Path) -> None:
     state = workdir / "state"
     b = json.loads((state / "artifacts" / "baselines.json").read_text())
     assert b["schema"] == "baselines.v2" and set(b["cpu"]) == {"idle", "normal", "stress", "mixed"}
+    trials = [json.loads(x) for x in (state / "logs" / "trials.jsonl").read_text().splitlines()]
+    assert trials and all(t["ok"] for t in trials), [t["failure"] for t in trials if not t["ok"]][:3]
     pack = json.loads((state / "artifacts" / "candidates" / "cpu" / "gen0_best.json").read_text())
     assert pack["schema"] == "candidate_pack.v2"
+    assert all("throughput_ops" in reg["kpis"] and "p95_latency_us" in reg["kpis"] for reg in pack["regimes"])
     assert {"temp_c", "watts"} <= set(pack["missing_kpis"])
     for reg in pack["regimes"]:
         for kpi, vals in reg["kpis"].items():
