@@ -49,8 +49,26 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _single(exc: BaseException) -> BaseException:
+    """The one error inside (nested) single-member exception groups, as anyio raises them."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _main(args)
+    except BaseExceptionGroup as group:
+        leaf = _single(group)
+        if not isinstance(leaf, KlorosError):
+            raise
+        print(f"error: {leaf}", file=sys.stderr)
+        return EXIT_TOOL_MISSING if isinstance(leaf, ToolMissing) else EXIT_FAILURE
+
+
+def _main(args: argparse.Namespace) -> int:
     try:
         if args.command == "validate":
             return _validate(args)

@@ -241,6 +241,10 @@ def _range_checks(cfg: Config, file: str, problems: list[str]) -> float:
         duration = parse_duration(cfg.phase.window.duration)
     except ValueError as e:
         problems.append(f"{file}: phase.window.duration: {e}")
+    if duration > 86400:
+        problems.append(
+            f"{file}: phase.window.duration: at most 24h (windows repeat daily), got {duration:g} s"
+        )
     if cfg.timezone is not None:
         import zoneinfo
 
@@ -261,6 +265,35 @@ def _known_domains() -> set[str]:
     from kloros_orchestrator.spica.registry import available_domains
 
     return set(available_domains())
+
+
+def _register_generic_domains(cfg: Config, file: str, problems: list[str]) -> None:
+    """``domain_options.<name>: {kind: generic, knobs, workload, kpis}`` defines a domain in YAML."""
+    from kloros_orchestrator.errors import DomainError
+    from kloros_orchestrator.spica.domains.generic import make_generic_domain
+
+    for name, opts in cfg.domain_options.items():
+        if opts.get("kind") != "generic":
+            continue
+        try:
+            make_generic_domain(name, {k: v for k, v in opts.items() if k != "kind"})
+        except DomainError as e:
+            problems.append(f"{file}: domain_options.{name}: {e}")
+
+
+def _check_domain_options(cfg: Config, file: str, known: set[str], problems: list[str]) -> None:
+    from kloros_orchestrator.spica.registry import get_domain_class
+
+    for name, opts in cfg.domain_options.items():
+        if opts.get("kind") == "generic":
+            continue
+        if name not in known:
+            problems.append(f"{file}: domain_options.{name}: unknown domain")
+            continue
+        allowed = get_domain_class(name).option_keys
+        hint = ", ".join(sorted(allowed)) or "none"
+        for key in sorted(set(opts) - allowed):
+            problems.append(f"{file}: domain_options.{name}.{key}: unknown option (allowed: {hint})")
 
 
 def _domain_kpis(domain: str, options: dict[str, Any]) -> set[str]:
@@ -373,6 +406,7 @@ def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = 
     cfg = msgspec.convert(raw, type=Config, strict=True)
     duration = _range_checks(cfg, file, problems)
 
+    _register_generic_domains(cfg, file, problems)
     known = _known_domains()
     base = cfg_path.parent
     regimes_dir = _resolve_dir(cfg.regimes_dir, base, "regimes", path is not None)
@@ -392,9 +426,7 @@ def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = 
         else:
             regimes[dom] = _load_regimes(rpath, problems)
         caps[dom] = _load_caps(caps_dir / f"{dom}.yaml", _domain_kpis(dom, opts), problems)
-    for dom in cfg.domain_options:
-        if dom not in known and cfg.domain_options[dom].get("kind") != "generic":
-            problems.append(f"{file}: domain_options.{dom}: unknown domain")
+    _check_domain_options(cfg, file, known, problems)
     if problems:
         raise ConfigError(problems)
     digest = hashlib.sha256(msgspec.json.encode(cfg, order="sorted"))

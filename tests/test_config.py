@@ -146,3 +146,15 @@ def test_run_without_stress_ng_exits_3_with_the_install_command(
     monkeypatch.setenv("PATH", str(empty))
     assert main(["run", "--config", str(cfg)]) == 3
     assert "apt-get update && apt-get install -y stress-ng" in capsys.readouterr().err
+
+
+def test_options_and_durations_run_would_refuse_are_validate_errors(tmp_path: Path) -> None:
+    p = write(tmp_path, {
+        "dream": {"domains": ["cpu"]},
+        "phase": {"window": {"duration": "25h"}},
+        "domain_options": {"cpu": {"bogus": 1}, "nonsense": {}},
+    })
+    text = "\n".join(problems_of(p))
+    assert f"{p}: phase.window.duration: at most 24h" in text
+    assert f"{p}: domain_options.cpu.bogus: unknown option" in text
+    assert f"{p}: domain_options.nonsense: unknown domain" in text

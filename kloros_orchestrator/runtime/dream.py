@@ -10,9 +10,9 @@ same tournament, which is also what ``baselines.json`` is refreshed from.
 
 from __future__ import annotations
 
-import itertools
 import os
 import platform
+import re
 import time
 import zlib
 from collections import deque
@@ -28,7 +28,7 @@ from loguru import logger
 from kloros_orchestrator.core.coordinator import TournamentDone, TournamentStarted
 from kloros_orchestrator.core.pacing import PacingInputs, decide, estimate_tournament_s, should_start
 from kloros_orchestrator.engine import Candidate, Evolution, Race, SearchSpace
-from kloros_orchestrator.errors import SchemaError
+from kloros_orchestrator.errors import DomainError, SchemaError
 from kloros_orchestrator.measure.packs import baseline_entry, build_pack, load_pack, round_score
 from kloros_orchestrator.model import REGIMES, Genome, TrialResult
 from kloros_orchestrator.phase.results import PhaseResults, latest_results, load_results
@@ -50,10 +50,15 @@ def now_iso() -> str:
 
 
 def cpu_slices(cpu_ids: tuple[int, ...], k: int) -> list[tuple[int, ...]]:
-    """``k`` disjoint, contiguous, near-equal CPU sets covering ``cpu_ids`` (k ≤ len(cpu_ids))."""
+    """``k`` disjoint, contiguous CPU sets of equal size (a remainder CPU is left idle)."""
     k = max(1, min(k, len(cpu_ids)))
-    bounds = np.linspace(0, len(cpu_ids), k + 1).round().astype(int)
-    return [tuple(cpu_ids[a:b]) for a, b in itertools.pairwise(bounds)]
+    size = len(cpu_ids) // k  # equal sizes, so arms paired in one round get the same capacity
+    return [tuple(cpu_ids[i * size : (i + 1) * size]) for i in range(k)]
+
+
+def _declared(space: SearchSpace) -> dict[str, Any]:
+    """The declared (original) form of a space, ignoring adaptation: what the host offers."""
+    return {n: space.original(n).to_dict() for n in space.names}
 
 
 def _seed(*parts: object) -> list[int]:
@@ -90,7 +95,7 @@ class DreamLoop:
                 journal=self.d.journal,
                 regimes=loaded.regimes.get(name, {}),
                 scratch_dir=self.d.paths.scratch / name,
-                options=self.d.cfg.domain_options.get(name, {}),
+                options={k: v for k, v in self.d.cfg.domain_options.get(name, {}).items() if k != "kind"},
                 config_hash=loaded.config_hash,
             )
             dom.discover()
@@ -104,7 +109,9 @@ class DreamLoop:
             saved = self.d.state.engines.get(name)
             self.engines[name] = self._make_engine(name, dom, saved)
             self.committed[name] = self.engines[name].state()
-            self.generation[name] = int(saved.get("generation", 0)) if saved else 0
+            self.generation[name] = (
+                int(saved.get("generation", 0)) if saved else self._next_generation_on_disk(name)
+            )
             self.hall_of_fame[name] = (
                 list(saved.get("hall_of_fame", [])) if saved else self._hall_of_fame_from_packs(name)
             )
@@ -116,6 +123,15 @@ class DreamLoop:
                 sorted(dom.search_space()),
                 dom.dropped,
             )
+
+    def _next_generation_on_disk(self, name: str) -> int:
+        """Without a saved state, continue numbering after the packs on disk (never overwrite them)."""
+        gens = [
+            int(m.group(1))
+            for p in self.d.paths.candidates(name).glob("gen*_best.json")
+            if (m := re.fullmatch(r"gen(\d+)_best\.json", p.name))
+        ]
+        return max(gens) + 1 if gens else 0
 
     def _hall_of_fame_from_packs(self, name: str) -> list[dict[str, Any]]:
         """Without a saved state (new or lost state.json), rebuild the hall of fame from the packs
@@ -149,9 +165,18 @@ class DreamLoop:
         space = SearchSpace.from_dict(dom.search_space())
         if saved and saved.get("engine"):
             try:
-                return Evolution.from_state(saved["engine"])
+                restored = Evolution.from_state(saved["engine"])
             except (KeyError, ValueError, TypeError) as e:
                 logger.error("saved engine state for {} unusable ({}); starting a new search", name, e)
+            else:
+                # The host (CPU count, cpufreq, ...) or the code may have changed since: a search
+                # over knobs or ranges this host no longer has would ask for genomes it rejects.
+                if _declared(restored.space) == _declared(space):
+                    return restored
+                logger.warning(
+                    "search space of {} changed since the saved state; starting a new search", name
+                )
+                self.d.record("search_restarted", domain=name, reason="search space changed")
         seed = int(np.random.SeedSequence(_seed(self.d.cfg.seed, name)).generate_state(1)[0])
         # The stock genome is not a candidate: the stock arm is measured in every tournament anyway.
         return Evolution(space, population=self.cfg.population, seed=seed, elite=self.cfg.elite)
@@ -354,6 +379,13 @@ class DreamLoop:
         duration = time.monotonic() - t0
         self._conclude(name, dom, eng, gen, cands, arms, results, unsafe, race, min_trials, duration)
         d.dispatch(TournamentDone(now=d.clock(), domain=name, generation=gen))
+        every = [t for per_arm in results.values() for ts in per_arm.values() for t in ts]
+        if every and not any(t.ok for t in every):
+            # Nothing measurable (stress-ng gone, scratch dir unwritable, ...): do not spin.
+            reasons = sorted({(t.failure or "?")[:120] for t in every})[:3]
+            logger.error("every trial of {} gen {} failed: {}", name, gen, reasons)
+            d.record("tournament_all_failed", domain=name, generation=gen, reasons=reasons)
+            await d.pace(FAILURE_BACKOFF_S)
 
     def _conclude(
         self,
@@ -377,9 +409,17 @@ class DreamLoop:
         packs: dict[str, dict[str, Any]] = {}
         told: list[tuple[Candidate, float | None]] = []
         for c in cands:
-            inst = dom.spawn(
-                c.genome, parent=c.parents[0] if c.parents else None, generation=gen, mutations=c.mutations
-            )
+            try:
+                inst = dom.spawn(
+                    c.genome,
+                    parent=c.parents[0] if c.parents else None,
+                    generation=gen,
+                    mutations=c.mutations,
+                )
+            except DomainError as e:
+                logger.error("candidate {} of {} rejected by the domain: {}", c.cand_id, name, e)
+                told.append((c, None))
+                continue
             pack = build_pack(
                 run_id=self.run_id,
                 domain=name,
@@ -518,64 +558,76 @@ class DreamLoop:
         for name in results.domains_tested:
             if name not in self.engines:
                 continue
-            eng = self.engines[name]
-            ch: dict[str, Any] = {
-                "baseline_regimes": [],
-                "rescored": [],
-                "removed": [],
-                "seeded": [],
-                "space": [],
-                "rejected": [],
-            }
-            m = results.metrics.get(name)
-            hof = self.hall_of_fame.setdefault(name, [])
-            if m is not None:
-                for regime, kpis in m.baseline.items():
-                    append_jsonl(
-                        self.d.paths.fitness_history,
-                        {
-                            "ts": self.d.clock(),
-                            "kind": "phase_baseline",
-                            "phase_run_id": results.run_id,
-                            "domain": name,
-                            "regime": regime,
-                            "kpis": kpis,
-                        },
-                    )
-                    ch["baseline_regimes"].append(regime)
-                # PHASE's many-epoch score replaces D-REAM's quick estimate as the variant's fitness.
-                for cid, summary in (m.variants or {}).items():
-                    for h in hof:
-                        if h["cand_id"] == cid and summary.score_v2 is not None:
-                            h["score"] = summary.score_v2
-                            h["score_ci95"] = list(summary.score_ci95) if summary.score_ci95 else None
-                            h["phase_run_id"] = results.run_id
-                            ch["rescored"].append(cid)
-            for f in results.flagged_variants:
-                if f.domain != name:
-                    continue
-                before = len(hof)
-                hof[:] = [h for h in hof if h["cand_id"] != f.cand_id and h["genome"] != f.genome]
-                if len(hof) != before:
-                    ch["removed"].append({"cand_id": f.cand_id, "reasons": list(f.reasons)})
-            hof.sort(key=lambda h: h["score"] if h.get("score") is not None else float("-inf"), reverse=True)
-            seeds = [dict(p.genome) for p in results.promoted_variants if p.domain == name]
-            if seeds:
-                eng.inject(seeds)
-                ch["seeded"] = [p.cand_id for p in results.promoted_variants if p.domain == name]
-            for knob, rec in results.search_space_recommendations.get(name, {}).items():
-                if rec.action == "keep":
-                    continue
-                try:
-                    ch["space"].append(eng.space.apply_recommendation(knob, msgspec.to_builtins(rec)))
-                except ValueError as e:
-                    logger.error("PHASE recommendation for {}.{} rejected: {}", name, knob, e)
-                    ch["rejected"].append({"knob": knob, "error": str(e)})
-            self.committed[name] = eng.state()
-            changes["domains"][name] = ch
+            try:
+                changes["domains"][name] = self._collapse_domain(name, results)
+            except (ValueError, KeyError, TypeError) as e:
+                # Results from another host/version may not fit this search: keep our own state.
+                logger.error("collapse of {} into {} failed: {}", results.run_id, name, e)
+                changes["domains"][name] = {"error": str(e)}
         self.d.state.last_collapsed = results.run_id
         self.d.save_state()
         return changes
+
+    def _collapse_domain(self, name: str, results: PhaseResults) -> dict[str, Any]:
+        eng = self.engines[name]
+        ch: dict[str, Any] = {
+            "baseline_regimes": [],
+            "rescored": [],
+            "removed": [],
+            "seeded": [],
+            "space": [],
+            "rejected": [],
+        }
+        m = results.metrics.get(name)
+        hof = self.hall_of_fame.setdefault(name, [])
+        if m is not None:
+            for regime, kpis in m.baseline.items():
+                append_jsonl(
+                    self.d.paths.fitness_history,
+                    {
+                        "ts": self.d.clock(),
+                        "kind": "phase_baseline",
+                        "phase_run_id": results.run_id,
+                        "domain": name,
+                        "regime": regime,
+                        "kpis": kpis,
+                    },
+                )
+                ch["baseline_regimes"].append(regime)
+            # PHASE's many-epoch score replaces D-REAM's quick estimate as the variant's fitness.
+            for cid, summary in (m.variants or {}).items():
+                for h in hof:
+                    if h["cand_id"] == cid and summary.score_v2 is not None:
+                        h["score"] = summary.score_v2
+                        h["score_ci95"] = list(summary.score_ci95) if summary.score_ci95 else None
+                        h["phase_run_id"] = results.run_id
+                        ch["rescored"].append(cid)
+        for f in results.flagged_variants:
+            if f.domain != name:
+                continue
+            before = len(hof)
+            hof[:] = [h for h in hof if h["cand_id"] != f.cand_id and h["genome"] != f.genome]
+            if len(hof) != before:
+                ch["removed"].append({"cand_id": f.cand_id, "reasons": list(f.reasons)})
+        hof.sort(key=lambda h: h["score"] if h.get("score") is not None else float("-inf"), reverse=True)
+        seeds = [dict(p.genome) for p in results.promoted_variants if p.domain == name]
+        if seeds:
+            try:
+                eng.inject(seeds)
+                ch["seeded"] = [p.cand_id for p in results.promoted_variants if p.domain == name]
+            except ValueError as e:  # e.g. a genome from before a knob appeared on this host
+                logger.error("PHASE-promoted seeds for {} rejected: {}", name, e)
+                ch["rejected"].append({"seeds": len(seeds), "error": str(e)})
+        for knob, rec in results.search_space_recommendations.get(name, {}).items():
+            if rec.action == "keep":
+                continue
+            try:
+                ch["space"].append(eng.space.apply_recommendation(knob, msgspec.to_builtins(rec)))
+            except ValueError as e:
+                logger.error("PHASE recommendation for {}.{} rejected: {}", name, knob, e)
+                ch["rejected"].append({"knob": knob, "error": str(e)})
+        self.committed[name] = eng.state()
+        return ch
 
     def collapse_from_disk(self) -> None:
         """At start-up: ingest the latest PHASE results if this state has not yet (validated first)."""

@@ -22,6 +22,7 @@ that wake to look.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import time
@@ -53,6 +54,7 @@ from kloros_orchestrator.core.coordinator import (
     WindowOpened,
 )
 from kloros_orchestrator.core.schedule import Schedule, Window
+from kloros_orchestrator.errors import KlorosError
 from kloros_orchestrator.measure.sensors import discover_sensors
 from kloros_orchestrator.runtime.control import serve_control
 from kloros_orchestrator.runtime.evaluate import Evaluator
@@ -102,6 +104,7 @@ class Daemon:
         self.started_at = clock()
         self.paths = StatePaths(loaded.state_dir)
         self.paths.ensure()
+        self._lock_fd = _lock_state_dir(self.paths.root)  # before touching the journal or state
         self.coord = Coordinator()
         self.notifier = Notifier.from_env()
         self.status_view = StatusView()
@@ -150,8 +153,16 @@ class Daemon:
         return PersistentState(first_seen=self.started_at)
 
     def save_state(self) -> None:
+        """Persist; a failing disk is logged, never allowed to leave the coordinator half-way."""
         self.state.engines = self.dream.engine_states()
-        atomic_write_json(self.paths.runtime_state, self.state)
+        try:
+            atomic_write_json(self.paths.runtime_state, self.state)
+        except OSError as e:
+            logger.error(
+                "cannot persist {}: {} (continuing; a restart would lose recent progress)",
+                self.paths.runtime_state,
+                e,
+            )
 
     # --- events -----------------------------------------------------------------------------------
 
@@ -198,6 +209,7 @@ class Daemon:
             pass  # D-REAM checks the state between tournaments; the running one finishes
         elif isinstance(cmd, StartPhase):
             self.pending_window = cmd
+            self._phase_request.set()  # wake PHASE first: nothing below may leave it asleep
             self.state.open_window = {
                 "window_id": cmd.window_id,
                 "start": cmd.start,
@@ -206,7 +218,6 @@ class Daemon:
                 "manual": cmd.manual,
             }
             self.save_state()
-            self._phase_request.set()
         elif isinstance(cmd, CollapseResults):
             pass  # carried out by the PHASE task right after it dispatched PhaseComplete
         elif isinstance(cmd, Shutdown):
@@ -274,8 +285,11 @@ class Daemon:
                 if w is not None:
                     logger.info("PHASE window {} opens ({} → {})", w.window_id, iso(w.start), iso(w.end))
                     self.open_window(w)
-            nxt = self.schedule.next_start(self.clock(), self.state.last_opened_start)
-            delay = min(WINDOW_RECHECK_S, max(0.05, nxt - self.clock()))
+            if self.coord.state in (State.EVOLVING, State.STARTING):
+                nxt = self.schedule.next_start(self.clock(), self.state.last_opened_start)
+                delay = min(WINDOW_RECHECK_S, max(0.05, nxt - self.clock()))
+            else:
+                delay = WINDOW_RECHECK_S  # in a window: the collapse kicks us when D-REAM resumes
             self._window_kick = anyio.Event()
             with anyio.move_on_after(delay):
                 await self._window_kick.wait()
@@ -345,12 +359,15 @@ class Daemon:
         # Signals can only be received in the main thread; open_signal_receiver replaces handlers.
         with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                name = signal.Signals(signum).name
                 if signum == signal.SIGINT:
                     self._sigint_count += 1
                     if self._sigint_count >= 2:
                         logger.warning("second SIGINT: forcing exit")
                         self._force_exit()
-                name = signal.Signals(signum).name
+                if self.coord.state == State.STOPPING:
+                    logger.info("{} received: already stopping (a second SIGINT forces)", name)
+                    continue
                 logger.info("{} received: stopping", name)
                 self.dispatch(StopRequested(now=self.clock(), reason=name))
 
@@ -374,26 +391,31 @@ class Daemon:
         if not self.once:
             self.dream.collapse_from_disk()
         self.write_manifest()
-        try:
-            async with anyio.create_task_group() as tg:
-                self._tg = tg
-                await tg.start(self._serve_socket)
-                tg.start_soon(self._signals)
-                self.dispatch(Started(now=self.clock()))
-                self.notifier.ready()
-                if not self.once:
-                    tg.start_soon(self._window_timer)
-                    tg.start_soon(self.phase.run_forever)
-                    self._resume_open_window()
-                tg.start_soon(self._dream_task)
-        finally:
-            with anyio.CancelScope(shield=True):
-                await kill_all_running(1.0)
-                for p in self.journal.restore_all():
-                    logger.error("knob restore at stop: {}", p)
-                self.save_state()
-                self.record("stopped", reason=self.stop_reason or "done")
-                logger.info("stopped ({})", self.stop_reason or "done")
+        # The signal receiver lives in an outer group that outlasts the shutdown: leaving
+        # open_signal_receiver restores the default handlers, and a second SIGTERM during the
+        # shielded cleanup would then kill us half-way (orphaned stress-ng, no state saved).
+        async with anyio.create_task_group() as outer:
+            outer.start_soon(self._signals)
+            try:
+                async with anyio.create_task_group() as tg:
+                    self._tg = tg
+                    await tg.start(self._serve_socket)
+                    self.dispatch(Started(now=self.clock()))
+                    self.notifier.ready()
+                    if not self.once:
+                        tg.start_soon(self._window_timer)
+                        tg.start_soon(self.phase.run_forever)
+                        self._resume_open_window()
+                    tg.start_soon(self._dream_task)
+            finally:
+                with anyio.CancelScope(shield=True):
+                    await kill_all_running(1.0)
+                    for p in self.journal.restore_all():
+                        logger.error("knob restore at stop: {}", p)
+                    self.save_state()
+                    self.record("stopped", reason=self.stop_reason or "done")
+                    logger.info("stopped ({})", self.stop_reason or "done")
+                outer.cancel_scope.cancel()
         return 0
 
     def _resume_open_window(self) -> None:
@@ -418,10 +440,18 @@ class Daemon:
                 )
             )
         else:
-            logger.warning(
-                "window {} closed while the daemon was down; its PHASE is not re-run", ow["window_id"]
-            )
             self.state.open_window = None
+            if ow.get("manual"):
+                logger.warning("manual window {} closed while the daemon was down", ow["window_id"])
+                return
+            # Its PHASE never completed: one catch-up now (DESIGN: Persistent-style), never a burst.
+            w = Window(f"{ow['window_id']}+catchup", now, now + self.schedule.duration_s, catch_up=True)
+            logger.warning(
+                "window {} closed while its PHASE was interrupted; catching up now", ow["window_id"]
+            )
+            self.dispatch(
+                WindowOpened(now=now, window_id=w.window_id, start=w.start, end=w.end, catch_up=True)
+            )
 
     async def _serve_socket(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await serve_control(self.loaded.socket_path, self.handle_request, task_status=task_status)
@@ -441,12 +471,42 @@ class Daemon:
         return self.dream.run_id
 
 
-def _timezone(name: str | None) -> Any:
-    if name:
-        import zoneinfo
+def _lock_state_dir(root: Path) -> int:
+    """One daemon per state_dir: a second one would restore the first one's knobs mid-trial."""
+    path = root / "lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise KlorosError(
+            f"another kloros-orchestrator (pid {holder}) is running on {root}; "
+            "stop it or use another state_dir"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
 
+
+def _timezone(name: str | None) -> Any:
+    """The zone for "HH:MM" windows, with its DST rules (a fixed UTC offset would drift by an hour)."""
+    import zoneinfo
+
+    if name:
         return zoneinfo.ZoneInfo(name)
-    return datetime.now().astimezone().tzinfo
+    tz_env = os.environ.get("TZ", "").lstrip(":")
+    if tz_env:
+        try:
+            return zoneinfo.ZoneInfo(tz_env)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            logger.warning("TZ={!r} is not a known zone; using /etc/localtime", tz_env)
+    try:
+        with open("/etc/localtime", "rb") as f:
+            return zoneinfo.ZoneInfo.from_file(f, key="localtime")
+    except OSError:
+        logger.warning("no /etc/localtime: PHASE windows use UTC")
+        return zoneinfo.ZoneInfo("UTC")
 
 
 def _jsonable(fields: dict[str, Any]) -> dict[str, Any]:

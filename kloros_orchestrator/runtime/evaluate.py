@@ -17,7 +17,7 @@ import anyio
 import msgspec
 from loguru import logger
 
-from kloros_orchestrator.errors import DomainError, WorkloadFailed
+from kloros_orchestrator.errors import DomainError, ToolMissing, WorkloadFailed
 from kloros_orchestrator.measure.caps import CapLimit, check_caps
 from kloros_orchestrator.measure.sensors import Sensors, TrialSampler
 from kloros_orchestrator.measure.stressng_output import latency_kpis, parse_cyclic_percentiles, throughput
@@ -89,6 +89,11 @@ class Evaluator:
         except WorkloadFailed as e:
             logger.warning("trial failed: {} {} {}: {}", domain.name, cand_id, regime, e)
             return result(False, failure=f"{getattr(e, 'reason', type(e).__name__)}: {e}")
+        except ToolMissing as e:
+            # stress-ng vanished under a running daemon: every trial fails with the install hint
+            # (and D-REAM backs off) rather than the daemon dying mid-window.
+            logger.error("trial impossible: {}", e)
+            return result(False, failure=f"tool_missing: {e}")
         except (OSError, DomainError) as e:
             # A knob write refused mid-run (e.g. EINVAL for a value the kernel rejects) fails this
             # trial, not the daemon.
@@ -121,7 +126,7 @@ class Evaluator:
         breach: list[str] = []
         sampler.start(self.clock())
         run = None
-        failed: WorkloadFailed | None = None
+        failed: WorkloadFailed | ToolMissing | None = None
         async with anyio.create_task_group() as tg:
 
             async def monitor() -> None:
@@ -144,7 +149,7 @@ class Evaluator:
                     grace_s=self.grace_s,
                     on_started=self.on_spawn,
                 )
-            except WorkloadFailed as e:
+            except (WorkloadFailed, ToolMissing) as e:
                 failed = e
             tg.cancel_scope.cancel()
         sensor_kpis = sampler.finish(self.clock())

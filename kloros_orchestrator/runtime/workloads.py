@@ -650,6 +650,14 @@ def _parse_metrics(yaml_text: str) -> tuple[list[StressorMetric], list[str]]:
     return metrics, problems
 
 
+def _single_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The one error inside nested single-member groups (cancellation is not unwrapped away)."""
+    exc: BaseException = group
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def _signal_name(signum: int) -> str:
     try:
         return signal.Signals(signum).name
@@ -768,8 +776,12 @@ async def run_stress_ng(
                 )
                 if outcome.returncode != 0 or outcome.timed_out or outcome.aborted:
                     tg.cancel_scope.cancel()  # the trial is lost: do not wait out the probe
-        except FileNotFoundError as exc:
-            raise ToolMissing(f"{exc}; {INSTALL_HINT}") from exc
+        except BaseExceptionGroup as group:
+            # The task group wraps what its tasks raise: unwrap so callers can catch it by type.
+            leaf = _single_error(group)
+            if isinstance(leaf, FileNotFoundError):
+                raise ToolMissing(f"{leaf}; {INSTALL_HINT}") from leaf
+            raise leaf from group
         yaml_text: str | None
         try:
             yaml_text = yaml_path.read_text(errors="replace")

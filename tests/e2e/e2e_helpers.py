@@ -122,3 +122,15 @@ def start_daemon(cfg: Path, notify: Notify, *extra: str) -> subprocess.Popen[byt
         env=env,
         start_new_session=True,
     )
+
+
+def running_workload(msg: str) -> bool:
+    """An sd_notify "workload pid N running" message whose workload is still running now
+    (datagrams queue up: an older message may name a trial that has already finished)."""
+    if "workload pid " not in msg:
+        return False
+    pid = int(msg.split("workload pid ")[1].split()[0])
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False

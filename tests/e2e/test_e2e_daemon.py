@@ -16,10 +16,18 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 import yaml
-from e2e_helpers import TAG, Notify, events, make_config, query, start_daemon, stress_ng_pids
+from e2e_helpers import (
+    TAG,
+    Notify,
+    events,
+    make_config,
+    query,
+    running_workload,
+    start_daemon,
+    stress_ng_pids,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -85,10 +93,7 @@ def test_window_drains_phase_runs_dream_resumes_and_sigterm_is_clean(workdir: Pa
         assert list((state / "phase").glob("phase_complete_*"))
 
         # SIGTERM mid-trial: exit 0 within 5 s, no stress-ng left, socket removed.
-        msg = notify.wait_for(lambda m: "workload pid" in m, 60, "a trial running after resume")
-        assert psutil.pid_exists(int(msg.split("workload pid ")[1].split()[0])), (
-            "expected a trial to be running"
-        )
+        notify.wait_for(running_workload, 60, "a trial running after resume")
         t0 = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         rc = proc.wait(timeout=10)
@@ -180,3 +185,39 @@ def test_max_parallel_only_for_process_scoped_domains_on_disjoint_cpus(workdir: 
         "system-scoped memory knobs must never be tried in parallel"
     )
     assert not any((workdir / "state" / "journal").iterdir())
+
+
+def test_second_daemon_on_the_same_state_dir_is_refused_and_double_sigterm_is_clean(workdir: Path) -> None:
+    cfg = make_config(workdir)
+    state = workdir / "state"
+    notify = Notify()
+    proc = start_daemon(cfg, notify)
+    try:
+        notify.wait_for(lambda m: "READY=1" in m, 30, "READY=1")
+        other = workdir / "other.yaml"
+        raw = yaml.safe_load(cfg.read_text())
+        raw["socket"] = str(workdir / "o.sock")  # even with its own socket: the state_dir is taken
+        other.write_text(yaml.safe_dump(raw))
+        r = subprocess.run(
+            [sys.executable, "-m", "kloros_orchestrator", "run", "--config", str(other)],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 1
+        assert f"(pid {proc.pid}) is running on {state}" in r.stderr
+        assert "Traceback" not in r.stderr
+        assert query(str(workdir / "k.sock"), {"cmd": "status"})["ok"] is True
+
+        notify.wait_for(running_workload, 60, "a trial running")
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)  # an impatient operator: must not cut the cleanup short
+        rc = proc.wait(timeout=10)
+        assert rc == 0
+        assert time.monotonic() - t0 < 5
+        assert not stress_ng_pids()
+        assert events(state)[-1]["event"] == "stopped"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        notify.close()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e_helpers import Notify, events, query, start_daemon
+from e2e_helpers import Notify, events, query, running_workload, start_daemon
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def test_kill9_inside_a_window_resumes_its_phase_once(workdir: Path) -> None:
     proc = start_daemon(cfg, notify)
     try:
         notify.wait_for(lambda m: m.startswith("STATUS=phase"), 30, "PHASE opened at start-up")
-        notify.wait_for(lambda m: "workload pid" in m, 30, "a PHASE trial running")
+        notify.wait_for(running_workload, 30, "a PHASE trial running")
         proc.send_signal(signal.SIGKILL)  # a crash, mid-trial
         proc.wait(timeout=10)
     finally:

@@ -94,3 +94,21 @@ async def test_failed_trial_has_a_reason_and_no_numbers(tmp_path: Path) -> None:
     assert tr.failure is not None and "stressor_failed" in tr.failure and "cpu stressor failed" in tr.failure
     assert tr.kpis == {}
     assert ev.counters.failed_trials == 1
+
+
+async def test_stress_ng_vanishing_under_the_daemon_is_a_failed_trial(tmp_path: Path) -> None:
+    from kloros_orchestrator.runtime.workloads import stress_ng_version
+
+    root = tmp_path / "root"
+    root.mkdir()
+    dom = cpu_domain(tmp_path, root)
+    exe = tmp_path / "stress-ng"
+    shutil.copy(shutil.which("stress-ng") or "", exe)
+    stress_ng_version(str(exe))  # cached, as at daemon start-up
+    exe.unlink()  # then the package is removed under the running daemon
+    ev = Evaluator(workdir=tmp_path / "work", sensors=discover_sensors(root), caps={}, exe=str(exe))
+    with anyio.fail_after(20):
+        tr = await ev.run_trial(dom, dom.stock_genome(), "idle", cand_id="x", duration_s=1)
+    assert not tr.ok
+    assert tr.failure is not None and tr.failure.startswith("tool_missing")
+    assert "apt-get install -y stress-ng" in tr.failure
