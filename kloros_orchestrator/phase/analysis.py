@@ -376,7 +376,9 @@ def _evaluate(
     cand_arrays = _kpi_arrays(trials)
     score = _score(_means(cand_arrays), _means(base_arrays))
     ci = None
-    if score is not None:
+    # One trial per regime has no spread: a bootstrap of it is a zero-width "interval" that would
+    # promote or flag a variant on a single measurement. No interval, no claim.
+    if score is not None and _min_group(cand_arrays) >= 2 and _min_group(base_arrays) >= 2:
         ci = score_ci(cand_arrays, base_arrays, rng=rng, n_boot=n_boot, level=level)
     epochs = sorted({t.epoch for t in trials if _usable(t)})
     epoch_scores: dict[int, float | None] = {
@@ -405,6 +407,12 @@ def _evaluate(
         effects=_effects(trials, base_trials, rng, n_boot, level),
         epochs=len(epochs),
     )
+
+
+def _min_group(arrays: Mapping[str, Mapping[str, FloatArray]]) -> int:
+    """The fewest values any (regime, KPI) has; 0 when there is none."""
+    sizes = [len(v) for per in arrays.values() for v in per.values()]
+    return min(sizes) if sizes else 0
 
 
 def _pair_keys(trials: Iterable[TrialRecord]) -> dict[tuple[str, int, int], TrialRecord]:

@@ -284,3 +284,13 @@ def test_results_from_analysis_validate_against_the_schema(tmp_path: Path) -> No
         assert insights and all(_has_digits(i) and i.startswith(f"{domain}: ") for i in insights)
     path = write_results(tmp_path / "phase", results, now=1_767_240_000)
     assert load_results(path) == results
+
+
+def test_a_single_trial_per_regime_gives_no_interval_and_no_verdict() -> None:
+    # One epoch, one replica: a bootstrap of one value per regime is a zero-width "interval".
+    data = _domain({"worse": ({"workers": 1}, {THROUGHPUT: 0.5})}, epochs=1, replicas=1)
+    result = analyze_domain("cpu", data, seed=1)
+    m = result.metrics["cpu"]
+    assert m.fitness is not None and m.fitness < -0.4  # the point estimate is still reported
+    assert m.ci95 is None
+    assert not result.flagged_variants and not result.promoted_variants
