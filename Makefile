@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup venv stress-ng run test lint typecheck unit clean
+.PHONY: setup venv stress-ng run test lint typecheck unit bench bench-quick bench-deps clean
 
 setup: venv stress-ng
 
@@ -40,6 +40,16 @@ unit: setup
 	$(PY) -m pytest -q
 
 test: setup lint typecheck unit
+
+# Benchmarks (bench/README.md): Optuna and Nevergrad come from the `bench` extra only.
+bench-deps: venv
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
+
+bench: setup bench-deps
+	$(PY) bench/run_all.py
+
+bench-quick: setup bench-deps
+	$(PY) bench/run_all.py --quick
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache
