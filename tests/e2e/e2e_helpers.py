@@ -17,6 +17,8 @@ from typing import Any
 import psutil
 import yaml
 
+from kloros_orchestrator.runtime import control
+
 TAG = f"klr-e2e-{os.getpid()}"  # inherited by the daemon's stress-ng runs: other runs on the host don't count
 
 
@@ -66,21 +68,8 @@ class Notify:
 
 
 def query(sock_path: str, req: dict[str, Any]) -> dict[str, Any]:
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    try:
-        s.connect(sock_path)
-        s.sendall((json.dumps(req) + "\n").encode())
-        buf = b""
-        while not buf.endswith(b"\n"):
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-        out: dict[str, Any] = json.loads(buf)
-        return out
-    finally:
-        s.close()
+    """One NDJSON request on the status socket (the product's own client)."""
+    return control.query(Path(sock_path), req)
 
 
 def events(state: Path) -> list[dict[str, Any]]:
