@@ -437,7 +437,10 @@ async def test_descendant_that_left_the_group_is_killed_on_cancel(tmp_path: Path
             async def cancel_when_escaped() -> None:
                 await started.wait()
                 escaped.extend(await wait_for_children(pids[0]))
-                assert os.getpgid(escaped[0]) != pids[0]  # out of reach of a process-group kill
+                # setsid() runs in the child just after fork: wait until it has left the group
+                # (a condition wait, bounded by fail_after) — then no group kill can reach it.
+                while os.getpgid(escaped[0]) == pids[0]:
+                    await anyio.sleep(0.01)
                 scope.cancel()
 
             tg.start_soon(cancel_when_escaped)
