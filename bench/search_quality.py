@@ -428,7 +428,7 @@ def markdown(
             f"f_max = {ex.f_max:.4f}, f_min = {ex.f_min:.4f} (exact)."
         )
     if ngopt:
-        out.append("\nNGOpt delegated to: " + "; ".join(f"{k}: {v}" for k, v in sorted(ngopt.items())))
+        out.append("\nNGOpt delegated to: " + "; ".join(f"{k}: {v}" for k, v in ngopt.items()))
     out.append(
         "\nOptuna CmaEsSampler runs CMA-ES on the numeric knobs only: categorical and bool knobs are "
         "sampled by its independent (random) fallback sampler."
