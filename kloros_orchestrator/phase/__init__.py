@@ -2,21 +2,8 @@
 
 from __future__ import annotations
 
-from kloros_orchestrator.phase.analysis import (
-    DROP_SCORE_MARGIN,
-    MIN_EPOCHS_DROP,
-    MIN_PAIRS_DROP,
-    MIN_PAIRS_EFFECT,
-    DomainData,
-    KpiEffect,
-    PhaseAnalysis,
-    PhaseData,
-    TrialRecord,
-    VariantInfo,
-    analyze_domain,
-    analyze_phase,
-    build_results,
-)
+from typing import TYPE_CHECKING
+
 from kloros_orchestrator.phase.qtime import (
     BASELINE_ID,
     QtimeSpec,
@@ -25,6 +12,7 @@ from kloros_orchestrator.phase.qtime import (
     estimate_s,
     fit_plan,
 )
+from kloros_orchestrator.phase.records import DomainData, PhaseData, TrialRecord, VariantInfo
 from kloros_orchestrator.phase.results import (
     FLAG_PREFIX,
     LATEST_NAME,
@@ -44,6 +32,44 @@ from kloros_orchestrator.phase.results import (
     results_path,
     write_results,
 )
+
+if TYPE_CHECKING:
+    from kloros_orchestrator.phase.analysis import (
+        DROP_SCORE_MARGIN,
+        MIN_EPOCHS_DROP,
+        MIN_PAIRS_DROP,
+        MIN_PAIRS_EFFECT,
+        KpiEffect,
+        PhaseAnalysis,
+        analyze_domain,
+        analyze_phase,
+        build_results,
+    )
+
+# The analysis needs the statistics stack (scipy); the daemon, which imports this package for its
+# plan, records and results, does not. Its names load on first use.
+_ANALYSIS_NAMES = frozenset(
+    {
+        "DROP_SCORE_MARGIN",
+        "MIN_EPOCHS_DROP",
+        "MIN_PAIRS_DROP",
+        "MIN_PAIRS_EFFECT",
+        "KpiEffect",
+        "PhaseAnalysis",
+        "analyze_domain",
+        "analyze_phase",
+        "build_results",
+    }
+)
+
+
+def __getattr__(name: str) -> object:
+    if name in _ANALYSIS_NAMES:
+        from kloros_orchestrator.phase import analysis
+
+        return getattr(analysis, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "BASELINE_ID",

@@ -1,0 +1,250 @@
+"""PHASE evidence per variant: its score and interval against the baseline, and its paired KPI effects.
+
+The rules these numbers feed (promotion, flags, measurable effects) are stated in ``phase/analysis.py``.
+Randomness: one Generator per (seed, domain, variant), so adding a domain or a variant does not
+change the others' intervals.
+"""
+
+from __future__ import annotations
+
+import math
+import zlib
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+import msgspec
+import numpy as np
+import numpy.typing as npt
+
+from kloros_orchestrator.measure.scoring import score_regime, score_v2
+from kloros_orchestrator.measure.stats import bootstrap_mean_ci, score_ci, welch_p_value
+from kloros_orchestrator.model import REGIMES, STANDARD_KPIS
+from kloros_orchestrator.phase.qtime import BASELINE_ID
+from kloros_orchestrator.phase.records import DomainData, TrialRecord, VariantInfo
+
+FloatArray = npt.NDArray[np.float64]
+Interval = tuple[float, float]
+
+MIN_PAIRS_EFFECT: Final = 3  # fewer paired trials: no claim either way
+
+
+class KpiEffect(msgspec.Struct, frozen=True):
+    """Paired relative change of one KPI in one regime (``mean(c/b − 1)``), its bootstrap interval,
+    and the Welch p-value against the variant's Bonferroni threshold ``alpha``."""
+
+    regime: str
+    kpi: str
+    delta: float
+    ci: Interval
+    pairs: int
+    p_value: float | None
+    alpha: float
+
+    @property
+    def measurable(self) -> bool:
+        return (
+            self.pairs >= MIN_PAIRS_EFFECT
+            and (self.ci[0] > 0.0 or self.ci[1] < 0.0)
+            and self.p_value is not None
+            and self.p_value <= self.alpha
+        )
+
+
+class VariantStats(msgspec.Struct):
+    variant_id: str
+    info: VariantInfo
+    trials: int
+    failed: int
+    breaches: list[str]
+    failures: list[str]
+    score: float | None
+    ci: Interval | None
+    epoch_scores: dict[int, float | None]
+    effects: list[KpiEffect]
+    epochs: int
+
+    @property
+    def safe(self) -> bool:
+        return not self.breaches and 2 * self.failed <= self.trials
+
+    @property
+    def promoted(self) -> bool:
+        return (
+            self.safe
+            and self.ci is not None
+            and self.ci[0] > 0.0
+            and bool(self.epoch_scores)
+            and all(s is not None and s > 0.0 for s in self.epoch_scores.values())
+        )
+
+    @property
+    def significantly_worse(self) -> bool:
+        return self.ci is not None and self.ci[1] < 0.0
+
+    @property
+    def flagged(self) -> bool:
+        return self.trials > 0 and (not self.safe or self.significantly_worse)
+
+    @property
+    def measurable_effects(self) -> list[KpiEffect]:
+        return [e for e in self.effects if e.measurable]
+
+
+
+def check_input(domain: str, data: DomainData) -> None:
+    if BASELINE_ID in data.variants:
+        raise ValueError(f"domain {domain!r}: {BASELINE_ID!r} is reserved for the stock configuration")
+    known = {BASELINE_ID, *data.variants}
+    for t in data.trials:
+        if t.variant_id not in known:
+            raise ValueError(f"domain {domain!r}: trial of unknown variant {t.variant_id!r}")
+
+
+def _rng(seed: int, domain: str, variant_id: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(domain.encode()), zlib.crc32(variant_id.encode())])
+
+
+def usable(trial: TrialRecord) -> bool:
+    return trial.ok
+
+
+def kpi_arrays(trials: Iterable[TrialRecord]) -> dict[str, dict[str, FloatArray]]:
+    values: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for t in trials:
+        if not usable(t):
+            continue
+        for kpi, value in t.kpis.items():
+            if math.isfinite(value):
+                values[t.regime][kpi].append(float(value))
+    return {
+        regime: {kpi: np.asarray(vals, dtype=np.float64) for kpi, vals in kpis.items()}
+        for regime, kpis in _regime_order(values).items()
+    }
+
+
+def _regime_order(d: Mapping[str, Any]) -> dict[str, Any]:
+    order = {r: i for i, r in enumerate(REGIMES)}
+    return {k: d[k] for k in sorted(d, key=lambda r: (order.get(r, len(order)), r))}
+
+
+def means(arrays: Mapping[str, Mapping[str, FloatArray]]) -> dict[str, dict[str, float]]:
+    return {r: {k: float(a.mean()) for k, a in kpis.items() if a.size} for r, kpis in arrays.items()}
+
+
+def _score(cand: Mapping[str, Mapping[str, float]], base: Mapping[str, Mapping[str, float]]) -> float | None:
+    """score_v2 over the regimes both sides measured."""
+    return score_v2(score_regime(kpis, base[r]) for r, kpis in cand.items() if r in base)
+
+
+def evaluate_variant(
+    domain: str,
+    variant_id: str,
+    info: VariantInfo,
+    trials: Sequence[TrialRecord],
+    base_trials: Sequence[TrialRecord],
+    base_arrays: Mapping[str, Mapping[str, FloatArray]],
+    seed: int,
+    n_boot: int,
+    level: float,
+) -> VariantStats:
+    rng = _rng(seed, domain, variant_id)
+    cand_arrays = kpi_arrays(trials)
+    score = _score(means(cand_arrays), means(base_arrays))
+    ci = None
+    # One trial per regime has no spread: a bootstrap of it is a zero-width "interval" that would
+    # promote or flag a variant on a single measurement. No interval, no claim.
+    if score is not None and _min_group(cand_arrays) >= 2 and _min_group(base_arrays) >= 2:
+        ci = score_ci(cand_arrays, base_arrays, rng=rng, n_boot=n_boot, level=level)
+    epochs = sorted({t.epoch for t in trials if usable(t)})
+    epoch_scores: dict[int, float | None] = {
+        e: _score(
+            means(kpi_arrays(t for t in trials if t.epoch == e)),
+            means(kpi_arrays(t for t in base_trials if t.epoch == e)),
+        )
+        for e in epochs
+    }
+    breaches = [
+        f"cap breach in the {t.regime} regime (epoch {t.epoch}): {t.cap_breach}"
+        for t in trials
+        if t.cap_breach is not None
+    ]
+    failures = [t.failure or "failed" for t in trials if not t.ok and t.cap_breach is None]
+    return VariantStats(
+        variant_id=variant_id,
+        info=info,
+        trials=len(trials),
+        failed=sum(1 for t in trials if not t.ok),
+        breaches=breaches,
+        failures=failures,
+        score=score,
+        ci=ci,
+        epoch_scores=epoch_scores,
+        effects=_effects(trials, base_trials, rng, n_boot, level),
+        epochs=len(epochs),
+    )
+
+
+def _min_group(arrays: Mapping[str, Mapping[str, FloatArray]]) -> int:
+    """The fewest values any (regime, KPI) has; 0 when there is none."""
+    sizes = [len(v) for per in arrays.values() for v in per.values()]
+    return min(sizes) if sizes else 0
+
+
+def _pair_keys(trials: Iterable[TrialRecord]) -> dict[tuple[str, int, int], TrialRecord]:
+    """Key each trial by (regime, epoch, replica); without a replica, by its order in (regime, epoch)."""
+    seen: dict[tuple[str, int], int] = defaultdict(int)
+    out: dict[tuple[str, int, int], TrialRecord] = {}
+    for t in trials:
+        ordinal = seen[(t.regime, t.epoch)]
+        seen[(t.regime, t.epoch)] += 1
+        out[(t.regime, t.epoch, t.replica if t.replica is not None else ordinal)] = t
+    return out
+
+
+def _effects(
+    trials: Sequence[TrialRecord],
+    base_trials: Sequence[TrialRecord],
+    rng: np.random.Generator,
+    n_boot: int,
+    level: float,
+) -> list[KpiEffect]:
+    cand, base = _pair_keys(trials), _pair_keys(base_trials)
+    pairs: dict[tuple[str, str], list[tuple[float, float]]] = defaultdict(list)
+    for key, c in cand.items():
+        b = base.get(key)
+        if b is None or not (usable(c) and usable(b)):
+            continue
+        for kpi, cv in c.kpis.items():
+            bv = b.kpis.get(kpi)
+            if bv is None or not (math.isfinite(cv) and math.isfinite(bv)) or bv <= 0.0:
+                continue  # a ratio to a zero/absent baseline means nothing
+            pairs[(c.regime, kpi)].append((cv, bv))
+    # Bonferroni over the variant's regime×KPI comparisons: together they hold at ``level``.
+    alpha = (1.0 - level) / max(1, sum(1 for p in pairs.values() if len(p) >= MIN_PAIRS_EFFECT))
+    order = {r: i for i, r in enumerate(REGIMES)}
+    kpi_order = {k: i for i, k in enumerate(STANDARD_KPIS)}
+
+    def sort_key(key: tuple[str, str]) -> tuple[int, str, int, str]:
+        regime, kpi = key
+        return (order.get(regime, len(order)), regime, kpi_order.get(kpi, len(kpi_order)), kpi)
+
+    effects: list[KpiEffect] = []
+    for regime, kpi in sorted(pairs, key=sort_key):
+        values = np.asarray(pairs[(regime, kpi)], dtype=np.float64)
+        deltas = values[:, 0] / values[:, 1] - 1.0
+        ci = bootstrap_mean_ci(deltas, rng=rng, n_boot=n_boot, level=level)
+        p = welch_p_value(values[:, 0], values[:, 1]) if len(values) >= 2 else None
+        effects.append(
+            KpiEffect(
+                regime=regime,
+                kpi=kpi,
+                delta=float(deltas.mean()),
+                ci=ci,
+                pairs=len(values),
+                p_value=p,
+                alpha=alpha,
+            )
+        )
+    return effects
+
