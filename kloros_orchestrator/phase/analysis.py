@@ -201,4 +201,3 @@ def build_results(
         trials=trials,
         stopped_reason=stopped_reason,
     )
-

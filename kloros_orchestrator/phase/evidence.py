@@ -91,7 +91,6 @@ class VariantStats(msgspec.Struct):
         return [e for e in self.effects if e.measurable]
 
 
-
 def check_input(domain: str, data: DomainData) -> None:
     if BASELINE_ID in data.variants:
         raise ValueError(f"domain {domain!r}: {BASELINE_ID!r} is reserved for the stock configuration")
@@ -247,4 +246,3 @@ def _effects(
             )
         )
     return effects
-

@@ -138,4 +138,3 @@ def domain_insights(
     if not out:  # every path above carries numbers; this keeps "at least one insight" unconditional
         out.append(f"{domain}: {n_trials} trials ran, {n_failed} failed")
     return out
-
