@@ -5,12 +5,12 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from spica_contract import comparable, load_regimes, write_tree
 
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.model import RegimeSpec, StressorSpec
 from kloros_orchestrator.spica import Knob, KnobJournal, SpicaDomain, affinity_layouts, code_hash
 from kloros_orchestrator.spica import knobs as knobs_mod
+from kloros_orchestrator.testing import comparable, load_regimes, write_tree
 
 
 class Bare(SpicaDomain):

@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from spica_contract import SpicaDomainContract, load_regimes
 
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.model import TEMP
@@ -15,6 +14,7 @@ from kloros_orchestrator.spica import KnobJournal, parse_command_output
 from kloros_orchestrator.spica.domains.asr_tts import SpicaAsrTts
 from kloros_orchestrator.spica.domains.audio import SpicaAudio
 from kloros_orchestrator.spica.domains.conversation import SpicaConversation
+from kloros_orchestrator.testing import SpicaDomainContract, load_regimes
 
 # A stand-in for an operator's benchmark: reads its knobs from the environment, prints KPIs.
 SCRIPT = (

@@ -3,9 +3,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar
 
-from spica_contract import SpicaDomainContract, write_tree
-
 from kloros_orchestrator.spica.domains.cpu import SpicaCpu
+from kloros_orchestrator.testing import SpicaDomainContract, write_tree
 
 CPUS = 4
 

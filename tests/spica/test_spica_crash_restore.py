@@ -8,11 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from spica_contract import comparable, write_tree
 from test_spica_memory import MEMORY_TREE
 from test_spica_os_scheduler import SCHED_TREE
 
 from kloros_orchestrator.spica import KnobJournal, get_domain_class
+from kloros_orchestrator.testing import comparable, write_tree
 
 CHILD = """
 import sys

@@ -7,10 +7,12 @@ from pathlib import Path
 import msgspec
 import pytest
 import yaml
-from spica_contract import REPO, load_regimes
 
 from kloros_orchestrator.model import REGIMES, RegimeSpec
 from kloros_orchestrator.spica import KnobJournal, get_domain_class
+from kloros_orchestrator.testing import load_regimes
+
+REPO = Path(__file__).resolve().parents[2]
 
 BUILTIN = [
     "cpu",

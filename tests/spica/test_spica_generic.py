@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from spica_contract import comparable, load_regimes, write_tree
 
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.spica import (
@@ -17,6 +16,7 @@ from kloros_orchestrator.spica import (
     make_generic_domain,
     unregister,
 )
+from kloros_orchestrator.testing import comparable, load_regimes, write_tree
 
 OPTIONS: dict[str, Any] = {
     "description": "network buffers",

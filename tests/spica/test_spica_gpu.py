@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from spica_contract import SpicaDomainContract
 
 from kloros_orchestrator.spica import KnobJournal, SpicaDomain
 from kloros_orchestrator.spica.domains.gpu import SpicaGpu
+from kloros_orchestrator.testing import SpicaDomainContract
 
 TOOL = "nvidia-smi"
 

@@ -5,9 +5,8 @@ import subprocess
 from collections.abc import Sequence
 from pathlib import Path
 
-from spica_contract import write_tree
-
 from kloros_orchestrator.spica import KnobJournal
+from kloros_orchestrator.testing import write_tree
 
 
 def test_first_original_wins_and_entries_are_self_contained(tmp_path: Path) -> None:

@@ -5,11 +5,11 @@ from typing import Any
 
 import numpy as np
 import pytest
-from spica_contract import write_tree
 
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.spica import Knob, KnobJournal, apply_system, discover_knob, probe
 from kloros_orchestrator.spica import knobs as knobs_mod
+from kloros_orchestrator.testing import write_tree
 
 THP = Knob(
     "thp",

@@ -2,10 +2,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spica_contract import SpicaDomainContract, write_tree
-
 from kloros_orchestrator.spica import SpicaDomain
 from kloros_orchestrator.spica.domains.memory import SpicaMemory
+from kloros_orchestrator.testing import SpicaDomainContract, write_tree
 
 MEMORY_TREE = {
     "sys/kernel/mm/transparent_hugepage/enabled": "always [madvise] never\n",

@@ -2,9 +2,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from spica_contract import SpicaDomainContract, write_tree
-
 from kloros_orchestrator.spica.domains.os_scheduler import SpicaOsScheduler
+from kloros_orchestrator.testing import SpicaDomainContract, write_tree
 
 SCHED_TREE = {
     "proc/sys/kernel/sched_autogroup_enabled": "1\n",

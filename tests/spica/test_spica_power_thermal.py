@@ -3,10 +3,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from spica_contract import SpicaDomainContract, write_tree
 
 from kloros_orchestrator.spica import KnobJournal
 from kloros_orchestrator.spica.domains.power_thermal import SpicaPowerThermal
+from kloros_orchestrator.testing import SpicaDomainContract, write_tree
 
 POWER_TREE = {
     "sys/class/powercap/intel-rapl:0/constraint_0_power_limit_uw": "15000000\n",

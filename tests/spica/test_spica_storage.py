@@ -4,10 +4,10 @@ import os
 from pathlib import Path
 
 import pytest
-from spica_contract import SpicaDomainContract, write_tree
 
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.spica.domains.storage import SpicaStorage, device_of
+from kloros_orchestrator.testing import SpicaDomainContract, write_tree
 
 
 def storage_tree(sched: str = "none [mq-deadline] kyber bfq\n") -> dict[str, str]:

@@ -1,9 +1,27 @@
-"""The contract every SPICA domain must meet; each domain's test module subclasses SpicaDomainContract.
+"""The contract every SPICA domain must meet: a pytest suite to subclass, plus its file helpers.
 
-A subclass sets ``domain_cls`` and writes a fake sysfs tree holding all of the domain's knobs in
-``populate``. The tests then check discovery, the baseline genome, the engine declarations, apply
-and byte-exact restore through the journal, workloads for every shipped regime, identity, and
-that absent or unusable knobs drop out (a domain left with none is unsupported).
+Each domain's test module subclasses :class:`SpicaDomainContract`, sets ``domain_cls`` and writes a
+fake sysfs tree holding all of the domain's knobs in ``populate``. The tests then check discovery,
+the baseline genome, the engine declarations, apply and byte-exact restore through the journal,
+workloads for every regime, identity, and that absent or unusable knobs drop out (a domain left
+with none is unsupported).
+
+A third-party domain runs the same suite (pytest is needed, as in the ``test`` extra)::
+
+    from pathlib import Path
+
+    from kloros_orchestrator.testing import SpicaDomainContract, write_tree
+    from my_package.domain import SpicaNetwork  # registered with kloros_orchestrator.spica.register
+
+    class TestSpicaNetwork(SpicaDomainContract):
+        domain_cls = SpicaNetwork
+        regimes_dir = Path(__file__).parent / "regimes"  # holds network.yaml (idle/normal/stress/mixed)
+
+        def populate(self, root: Path) -> None:
+            write_tree(root, {"proc/sys/net/core/somaxconn": "4096\n"})
+
+Hooks (``options``, ``cpus``, ``empty_tree_support``, ``make_journal``, ``snapshot``,
+``break_knobs``) adapt it to domains that need options or restore state outside the fake tree.
 """
 
 from __future__ import annotations
@@ -19,17 +37,32 @@ import pytest
 import yaml
 from loguru import logger
 
+from kloros_orchestrator.config import defaults_dir
+from kloros_orchestrator.engine.space import parse_param
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.model import REGIMES, Genome, RegimeSpec, Scalar, WorkloadSpec
-from kloros_orchestrator.spica import Knob, KnobJournal, SpicaDomain, code_hash
+from kloros_orchestrator.spica import Knob, KnobJournal, SpicaDomain, code_hash, get_domain_class
 
-REPO = Path(__file__).resolve().parents[2]
+__all__ = [
+    "ENGINE_KEYS",
+    "LogLines",
+    "SpicaDomainContract",
+    "comparable",
+    "different_value",
+    "invalid_value",
+    "load_regimes",
+    "snapshot_files",
+    "write_tree",
+]
+
 ENGINE_KEYS = {"type", "low", "high", "log", "choices"}
 
 
-def load_regimes(domain: str) -> dict[str, RegimeSpec]:
-    """The shipped regimes/<domain>.yaml, converted the way the config loader does."""
-    raw = yaml.safe_load((REPO / "regimes" / f"{domain}.yaml").read_text())
+def load_regimes(domain: str, regimes_dir: Path | None = None) -> dict[str, RegimeSpec]:
+    """``<regimes_dir>/<domain>.yaml`` (default: the shipped regimes), converted the way the config
+    loader does."""
+    directory = defaults_dir() / "regimes" if regimes_dir is None else Path(regimes_dir)
+    raw = yaml.safe_load((directory / f"{domain}.yaml").read_text())
     return {name: msgspec.convert(spec, RegimeSpec) for name, spec in raw.items()}
 
 
@@ -92,9 +125,13 @@ class LogLines:
 
 
 class SpicaDomainContract:
-    """Shared suite. Override ``domain_cls``, ``populate`` and, where needed, the hooks below."""
+    """Shared suite. Override ``domain_cls``, ``populate`` and, where needed, the hooks below.
+
+    ``regimes_dir`` holds ``<domain name>.yaml``; None means the regimes shipped with the package.
+    """
 
     domain_cls: ClassVar[type[SpicaDomain]]
+    regimes_dir: ClassVar[Path | None] = None
     options: ClassVar[dict[str, Any]] = {}
     cpus: ClassVar[int] = 4
     empty_tree_support: ClassVar[str] = "unsupported"
@@ -131,7 +168,7 @@ class SpicaDomainContract:
         kwargs: dict[str, Any] = {
             "sysfs_root": root,
             "journal": self.make_journal(tmp_path / "journal"),
-            "regimes": load_regimes(self.domain_cls.name),
+            "regimes": load_regimes(self.domain_cls.name, self.regimes_dir),
             "scratch_dir": tmp_path / "scratch",
             "options": dict(self.options),
             "config_hash": "cfg-123",
@@ -167,8 +204,6 @@ class SpicaDomainContract:
 
     # --- the contract ------------------------------------------------------------------------
     def test_class_is_registered_spica_domain(self) -> None:
-        from kloros_orchestrator.spica import get_domain_class
-
         assert issubclass(self.domain_cls, SpicaDomain)
         assert get_domain_class(self.domain_cls.name) is self.domain_cls
         assert self.domain_cls.__name__.startswith("Spica")
@@ -213,10 +248,9 @@ class SpicaDomainContract:
                 assert entry["low"] is entry["high"] is entry["log"] is entry["choices"] is None
 
     def test_search_space_is_accepted_by_the_engine(self, domain: SpicaDomain) -> None:
-        engine_space = pytest.importorskip("kloros_orchestrator.engine.space")
         stock = domain.stock_genome()
         for name, decl in domain.search_space().items():
-            param, fixed = engine_space.parse_param(name, decl)
+            param, fixed = parse_param(name, decl)
             assert fixed is None
             assert param.contains(stock[name]), (name, stock[name])
 
