@@ -173,7 +173,7 @@ def _when(iso: str | None) -> str:
 
 
 def format_status(s: dict[str, Any]) -> str:
-    """Readable summary of the status object (contract fields in DESIGN.md)."""
+    """Readable summary of the status object (``status --json``; README, "Command line (contract)")."""
     t = s.get("tournament") or {}
     nw = s.get("next_window") or {}
     lp = s.get("last_phase")

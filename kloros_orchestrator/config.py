@@ -25,7 +25,7 @@ from kloros_orchestrator.errors import ConfigError
 from kloros_orchestrator.model import REGIMES, STANDARD_KPIS, RegimeSpec
 
 # --------------------------------------------------------------------------------------------------
-# Structs (contract keys: DESIGN.md "Contract: configuration")
+# Structs (contract keys: README, "Configuration")
 
 
 class WindowConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -85,7 +85,7 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 class StatePaths:
-    """Every path under ``state_dir`` in one place (contract: DESIGN.md, files under state_dir)."""
+    """Every path under ``state_dir`` in one place (contract: README, "Files under state_dir")."""
 
     def __init__(self, state_dir: Path) -> None:
         self.root = Path(state_dir)

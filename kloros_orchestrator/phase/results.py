@@ -1,6 +1,6 @@
 """``phase_results.json`` ("phase_results.v1"): the schema, its validation and the on-disk protocol.
 
-Layout under the phase directory (contract, DESIGN.md "files under state_dir")::
+Layout under the phase directory (contract: README, "Files under state_dir")::
 
     phase/<run_id>/phase_results.json     the results, written atomically
     phase/latest -> <run_id>              relative symlink, replaced atomically
