@@ -26,6 +26,10 @@ KPI_DIRECTION: Final = {THROUGHPUT: 1, P50: -1, P95: -1, P99: -1, TEMP: -1, WATT
 
 REGIMES: Final = ("idle", "normal", "stress", "mixed")
 
+# The arm every candidate is compared with: the configuration found at start-up, measured in the same
+# tournament (D-REAM) or the same slice (PHASE). One name everywhere: trials.jsonl, plans, analyses.
+STOCK_ARM: Final = "stock"
+
 Scalar = str | int | float | bool
 Genome = dict[str, Scalar]
 

@@ -26,7 +26,10 @@ the *commands* it gets back, in order.
 * A ``window_opened`` while DRAINING, PHASE or COLLAPSING is illegal: the driver checks
   :meth:`Coordinator.accepts` first and answers "already in a window".
 * STOPPING absorbs every event without a command, so late events (a ``tournament_done`` arriving
-  after SIGTERM) are harmless.
+  after SIGTERM) are harmless — with one exception: a second *interrupt* (``stop_requested`` with
+  ``interrupt=True``, i.e. SIGINT; the first may have come before STOPPING) yields ``ForceExit``.
+* Windows open only from STARTING or EVOLVING (:attr:`Coordinator.window_may_open`): the driver asks
+  before opening one, for the schedule and for ``phase-now`` alike.
 
 An event the table does not list for the current state raises
 :class:`~kloros_orchestrator.errors.InvalidTransition` and leaves the coordinator unchanged. Every
@@ -115,8 +118,11 @@ class ResultsCollapsed(_EventBase):
 
 @dataclass(frozen=True, slots=True)
 class StopRequested(_EventBase):
+    """A graceful stop was asked for; ``interrupt`` marks SIGINT (a second one forces the exit)."""
+
     name: ClassVar[str] = "stop_requested"
     reason: str
+    interrupt: bool = False
 
 
 Event: TypeAlias = (
@@ -173,6 +179,13 @@ class Shutdown:
 
 
 @dataclass(frozen=True, slots=True)
+class ForceExit:
+    """Stop now: kill workloads, restore knobs, exit 130 without the graceful path."""
+
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
 class RecordEvent:
     """Append one line to events.jsonl: ``{"event": event_name, **fields}`` (fields hold ``ts``)."""
 
@@ -180,7 +193,9 @@ class RecordEvent:
     fields: dict[str, Any]
 
 
-Command: TypeAlias = ResumeDream | PauseDream | StartPhase | CollapseResults | Shutdown | RecordEvent
+Command: TypeAlias = (
+    ResumeDream | PauseDream | StartPhase | CollapseResults | Shutdown | ForceExit | RecordEvent
+)
 
 
 # --- the transition table --------------------------------------------------------------------------
@@ -231,6 +246,12 @@ class Coordinator:
         self.state: State = State.STARTING
         self.tournament_running: bool = False
         self.current_window: WindowOpened | None = None
+        self.interrupts: int = 0
+
+    @property
+    def window_may_open(self) -> bool:
+        """Whether a window (scheduled, caught up or ``phase-now``) may open now."""
+        return self.state in (State.STARTING, State.EVOLVING)
 
     def accepts(self, event_type: type[Event]) -> bool:
         """Whether :meth:`handle` would accept an event of this type now (never raises)."""
@@ -241,8 +262,13 @@ class Coordinator:
 
         Raises InvalidTransition (state unchanged) when the current state does not accept it.
         """
+        if isinstance(event, StopRequested) and event.interrupt:
+            self.interrupts += 1
         if self.state is State.STOPPING:
-            return []  # absorbing: late events are expected during shutdown
+            # Absorbing: late events are expected during shutdown. A second interrupt forces.
+            if isinstance(event, StopRequested) and event.interrupt and self.interrupts >= 2:
+                return [ForceExit(event.reason)]
+            return []
         next_state = _TRANSITIONS[self.state].get(type(event))
         if next_state is None:
             raise InvalidTransition(self.state.value, event.name)

@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kloros_orchestrator.phase.qtime import (
-    BASELINE_ID,
     QtimeSpec,
     Slot,
     build_plan,
@@ -24,9 +23,9 @@ from kloros_orchestrator.phase.results import (
     PromotedVariant,
     Qtime,
     Recommendation,
+    ResultsWindow,
     TrialCounts,
     VariantSummary,
-    Window,
     latest_results,
     load_results,
     results_path,
@@ -72,7 +71,6 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
-    "BASELINE_ID",
     "DROP_SCORE_MARGIN",
     "FLAG_PREFIX",
     "LATEST_NAME",
@@ -92,12 +90,12 @@ __all__ = [
     "Qtime",
     "QtimeSpec",
     "Recommendation",
+    "ResultsWindow",
     "Slot",
     "TrialCounts",
     "TrialRecord",
     "VariantInfo",
     "VariantSummary",
-    "Window",
     "analyze_domain",
     "analyze_phase",
     "build_plan",

@@ -30,6 +30,7 @@ from typing import Any
 
 import msgspec
 
+from kloros_orchestrator.model import STOCK_ARM
 from kloros_orchestrator.phase.evidence import (
     MIN_PAIRS_EFFECT,
     KpiEffect,
@@ -39,7 +40,6 @@ from kloros_orchestrator.phase.evidence import (
     means,
 )
 from kloros_orchestrator.phase.insights import domain_insights, flag_reasons, promotion_reason
-from kloros_orchestrator.phase.qtime import BASELINE_ID
 from kloros_orchestrator.phase.recommend import (
     DROP_SCORE_MARGIN,
     MIN_EPOCHS_DROP,
@@ -56,9 +56,9 @@ from kloros_orchestrator.phase.results import (
     PromotedVariant,
     Qtime,
     Recommendation,
+    ResultsWindow,
     TrialCounts,
     VariantSummary,
-    Window,
 )
 
 __all__ = [
@@ -113,7 +113,7 @@ def analyze_domain(
     by_variant: dict[str, list[TrialRecord]] = defaultdict(list)
     for t in data.trials:
         by_variant[t.variant_id].append(t)
-    base_trials = by_variant.get(BASELINE_ID, [])
+    base_trials = by_variant.get(STOCK_ARM, [])
     base_arrays = kpi_arrays(base_trials)
     base_means = means(base_arrays)
     variants = [
@@ -180,7 +180,7 @@ def build_results(
     complete: bool,
     qtime_requested: Qtime | None = None,
     shrink: dict[str, Any] | None = None,
-    window: Window | None = None,
+    window: ResultsWindow | None = None,
     trials: TrialCounts | None = None,
     stopped_reason: str | None = None,
 ) -> PhaseResults:

@@ -19,8 +19,7 @@ import numpy.typing as npt
 
 from kloros_orchestrator.measure.scoring import score_regime, score_v2
 from kloros_orchestrator.measure.stats import bootstrap_mean_ci, score_ci, welch_p_value
-from kloros_orchestrator.model import REGIMES, STANDARD_KPIS
-from kloros_orchestrator.phase.qtime import BASELINE_ID
+from kloros_orchestrator.model import REGIMES, STANDARD_KPIS, STOCK_ARM
 from kloros_orchestrator.phase.records import DomainData, TrialRecord, VariantInfo
 
 FloatArray = npt.NDArray[np.float64]
@@ -92,9 +91,9 @@ class VariantStats(msgspec.Struct):
 
 
 def check_input(domain: str, data: DomainData) -> None:
-    if BASELINE_ID in data.variants:
-        raise ValueError(f"domain {domain!r}: {BASELINE_ID!r} is reserved for the stock configuration")
-    known = {BASELINE_ID, *data.variants}
+    if STOCK_ARM in data.variants:
+        raise ValueError(f"domain {domain!r}: {STOCK_ARM!r} is reserved for the stock configuration")
+    known = {STOCK_ARM, *data.variants}
     for t in data.trials:
         if t.variant_id not in known:
             raise ValueError(f"domain {domain!r}: trial of unknown variant {t.variant_id!r}")

@@ -17,9 +17,8 @@ from typing import Any, Final
 import msgspec
 import numpy as np
 
-from kloros_orchestrator.model import REGIMES
+from kloros_orchestrator.model import REGIMES, STOCK_ARM
 
-BASELINE_ID: Final = "baseline"
 DEFAULT_OVERHEAD_S: Final = 0.5
 
 
@@ -48,7 +47,7 @@ class QtimeSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class Slot(msgspec.Struct, frozen=True):
-    """One planned trial. ``epoch`` and ``replica`` count from 0; the baseline is ``"baseline"``."""
+    """One planned trial. ``epoch`` and ``replica`` count from 0; the stock arm is ``"stock"``."""
 
     epoch: int
     domain: str
@@ -59,8 +58,8 @@ class Slot(msgspec.Struct, frozen=True):
 
 def _check_domains(domains: Mapping[str, Sequence[str]]) -> None:
     for domain, variants in domains.items():
-        if not variants or variants[0] != BASELINE_ID:
-            raise ValueError(f"domain {domain!r}: the variant list must start with {BASELINE_ID!r}")
+        if not variants or variants[0] != STOCK_ARM:
+            raise ValueError(f"domain {domain!r}: the variant list must start with {STOCK_ARM!r}")
         if len(set(variants)) != len(variants):
             raise ValueError(f"domain {domain!r}: duplicate variant ids in {list(variants)}")
 
@@ -78,7 +77,7 @@ def _shuffled(
 def build_plan(domains: Mapping[str, Sequence[str]], spec: QtimeSpec, *, seed: int) -> list[Slot]:
     """All slots of a PHASE run, in execution order.
 
-    ``domains``: domain → variant ids, the baseline (``"baseline"``) first. Per epoch the domain
+    ``domains``: domain → variant ids, the stock arm (``"stock"``) first. Per epoch the domain
     and regime orders are drawn from a Generator seeded with ``(seed, epoch)``; inside a slice the
     variants alternate ``replicas`` times. Length: ``epochs·slices·replicas·Σ len(variants)``.
     """

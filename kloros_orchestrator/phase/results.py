@@ -100,7 +100,7 @@ class Recommendation(msgspec.Struct, frozen=True, omit_defaults=True):
     value: Scalar | None = None
 
 
-class Window(msgspec.Struct, frozen=True):
+class ResultsWindow(msgspec.Struct, frozen=True):
     id: str
     start: str
     end: str
@@ -129,7 +129,7 @@ class PhaseResults(msgspec.Struct, frozen=True, omit_defaults=True, tag_field="s
     complete: bool
     qtime_requested: Qtime | None = None
     shrink: dict[str, Any] | None = None
-    window: Window | None = None
+    window: ResultsWindow | None = None
     trials: TrialCounts | None = None
     stopped_reason: str | None = None
 

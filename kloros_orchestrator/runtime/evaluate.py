@@ -115,7 +115,8 @@ class Evaluator:
         placed: list[tuple[int, ...] | None],
     ) -> tuple[dict[str, float], list[str]]:
         """Apply, run with live cap checks, extract KPIs; returns (kpis, cap breaches)."""
-        domain.apply(genome)
+        # Knob writes can block (a slow sysfs file, an external tool): never on the event loop.
+        await anyio.to_thread.run_sync(domain.apply, genome)
         workload = domain.build_workload(regime, genome, duration_s=duration_s)
         if cpus is not None:
             own = set(workload.cpus) if workload.cpus is not None else set(cpus)

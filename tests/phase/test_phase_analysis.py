@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kloros_orchestrator.model import P50, P95, THROUGHPUT, Genome, TrialResult
+from kloros_orchestrator.model import P50, P95, STOCK_ARM, THROUGHPUT, Genome, TrialResult
 from kloros_orchestrator.phase.analysis import (
     DomainData,
     PhaseData,
@@ -17,7 +17,7 @@ from kloros_orchestrator.phase.analysis import (
     analyze_phase,
     build_results,
 )
-from kloros_orchestrator.phase.qtime import BASELINE_ID, QtimeSpec, build_plan
+from kloros_orchestrator.phase.qtime import QtimeSpec, build_plan
 from kloros_orchestrator.phase.results import Qtime, load_results, write_results
 
 STOCK: Genome = {"workers": 2, "swappiness": 60, "sched": "other"}
@@ -45,7 +45,7 @@ def _domain(
 ) -> DomainData:
     """Synthetic PHASE data generated from the real QTIME plan, with multiplicative noise."""
     rng = np.random.default_rng(seed)
-    plan = build_plan({"cpu": [BASELINE_ID, *effects]}, QtimeSpec(epochs, 4, replicas), seed=seed)
+    plan = build_plan({"cpu": [STOCK_ARM, *effects]}, QtimeSpec(epochs, 4, replicas), seed=seed)
     trials: list[TrialRecord] = []
     failures_left = dict(fail or {})
     breached: set[str] = set()
@@ -226,7 +226,7 @@ def test_only_baseline_gives_null_fitness_and_numeric_insight() -> None:
 
 
 def test_failed_trials_do_not_enter_the_means() -> None:
-    data = _domain({"better": ({"workers": 4}, {THROUGHPUT: 1.2})}, fail={BASELINE_ID: 2})
+    data = _domain({"better": ({"workers": 4}, {THROUGHPUT: 1.2})}, fail={STOCK_ARM: 2})
     metrics = analyze_domain("cpu", data, seed=1).metrics["cpu"]
     assert all(np.isfinite(v) for kpis in metrics.baseline.values() for v in kpis.values())
     assert any(i.startswith("cpu: 2 of 64 trials failed, e.g. stress-ng exit 3") for i in metrics.insights)

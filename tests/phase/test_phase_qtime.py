@@ -4,13 +4,13 @@ from itertools import groupby, pairwise
 
 import pytest
 
-from kloros_orchestrator.model import REGIMES
-from kloros_orchestrator.phase.qtime import BASELINE_ID, QtimeSpec, Slot, build_plan, estimate_s, fit_plan
+from kloros_orchestrator.model import REGIMES, STOCK_ARM
+from kloros_orchestrator.phase.qtime import QtimeSpec, Slot, build_plan, estimate_s, fit_plan
 
 DOMAINS = {
-    "cpu": [BASELINE_ID, "c1", "c2"],
-    "memory": [BASELINE_ID, "m1"],
-    "storage": [BASELINE_ID, "s1"],
+    "cpu": [STOCK_ARM, "c1", "c2"],
+    "memory": [STOCK_ARM, "m1"],
+    "storage": [STOCK_ARM, "s1"],
 }
 
 
@@ -66,11 +66,11 @@ def test_plan_is_deterministic_for_a_seed() -> None:
     assert any(p != build_plan(DOMAINS, spec, seed=42) for p in others)
 
 
-def test_plan_requires_baseline_first_and_valid_spec() -> None:
-    with pytest.raises(ValueError, match="baseline"):
-        build_plan({"cpu": ["c1", BASELINE_ID]}, QtimeSpec(1, 1, 1), seed=0)
+def test_plan_requires_stock_first_and_valid_spec() -> None:
+    with pytest.raises(ValueError, match="stock"):
+        build_plan({"cpu": ["c1", STOCK_ARM]}, QtimeSpec(1, 1, 1), seed=0)
     with pytest.raises(ValueError, match="duplicate"):
-        build_plan({"cpu": [BASELINE_ID, "c1", "c1"]}, QtimeSpec(1, 1, 1), seed=0)
+        build_plan({"cpu": [STOCK_ARM, "c1", "c1"]}, QtimeSpec(1, 1, 1), seed=0)
     with pytest.raises(ValueError, match="slices"):
         QtimeSpec(epochs=1, slices=5, replicas=1)
     with pytest.raises(ValueError, match="replicas"):

@@ -19,8 +19,8 @@ from kloros_orchestrator.phase.results import (
     PromotedVariant,
     Qtime,
     Recommendation,
+    ResultsWindow,
     TrialCounts,
-    Window,
     latest_results,
     load_results,
     write_results,
@@ -74,7 +74,7 @@ def _results(run_id: str = "20260101T030000Z", **overrides: Any) -> PhaseResults
             "to": {"replicas": 2},
             "reason": "estimated 312 s > 240 s available",
         },
-        "window": Window(id="w1", start="2026-01-01T03:00:00+00:00", end="2026-01-01T07:00:00+00:00"),
+        "window": ResultsWindow(id="w1", start="2026-01-01T03:00:00+00:00", end="2026-01-01T07:00:00+00:00"),
         "trials": TrialCounts(planned=96, run=96, failed=1),
     }
     fields.update(overrides)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kloros_orchestrator.cli import format_status
-from kloros_orchestrator.runtime.dream import cpu_slices
+from kloros_orchestrator.runtime.tournament import cpu_slices
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,173 @@
+"""One tournament: a generation's candidates and the stock arm, measured in rounds and raced.
+
+Each round gives every surviving arm one trial per regime, in an order shuffled across arms and
+regimes so drift does not favour a side. The stock arm (the configuration found at start-up) runs in
+every round: every score is relative to it, measured in the same tournament. After each round the
+race eliminates candidates statistically behind the leader, so clear losers stop consuming
+stress-ng time; survivors get the full trial count. Knobs are restored when the tournament ends,
+however it ends.
+
+Trials of process-scoped domains may run ``max_parallel`` at a time, each on its own disjoint CPU
+set; system-scoped domains always run one trial at a time (two candidates would share one sysctl).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import anyio
+import numpy as np
+from loguru import logger
+
+from kloros_orchestrator.engine import Candidate, Race
+from kloros_orchestrator.measure.packs import round_score
+from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
+from kloros_orchestrator.runtime.ports import TrialRunner
+from kloros_orchestrator.runtime.records import Progress
+from kloros_orchestrator.spica.base import SpicaDomain
+
+ArmResults = dict[str, list[TrialResult]]  # regime -> trials of one arm
+
+
+def cpu_slices(cpu_ids: tuple[int, ...], k: int) -> list[tuple[int, ...]]:
+    """``k`` disjoint, contiguous CPU sets of equal size (a remainder CPU is left idle)."""
+    k = max(1, min(k, len(cpu_ids)))
+    size = len(cpu_ids) // k  # equal sizes, so arms paired in one round get the same capacity
+    return [tuple(cpu_ids[i * size : (i + 1) * size]) for i in range(k)]
+
+
+@dataclass
+class TournamentOutcome:
+    """Everything measured in one tournament, for the conclusion (packs, baselines, engine)."""
+
+    candidates: list[Candidate]
+    regimes: list[str]
+    results: dict[str, ArmResults]  # arm -> regime -> trials; the stock arm is ``STOCK_ARM``
+    race: Race
+    unsafe: dict[str, list[str]] = field(default_factory=dict)
+    duration_s: float = 0.0
+
+    @property
+    def stock(self) -> ArmResults:
+        return self.results[STOCK_ARM]
+
+    def trials_used(self, arm: str) -> int:
+        return sum(len(v) for v in self.results[arm].values())
+
+    def all_failed(self) -> list[str] | None:
+        """The distinct failure reasons when no trial at all succeeded, else None."""
+        every = [t for per_arm in self.results.values() for ts in per_arm.values() for t in ts]
+        if every and not any(t.ok for t in every):
+            return sorted({(t.failure or "?")[:120] for t in every})[:3]
+        return None
+
+
+@dataclass
+class Tournament:
+    """Runs the rounds of one tournament; :meth:`run` returns a :class:`TournamentOutcome`."""
+
+    domain: SpicaDomain
+    stock: Genome
+    candidates: list[Candidate]
+    regimes: Sequence[str]
+    evaluator: TrialRunner
+    progress: Progress
+    rng: np.random.Generator  # the order of each round
+    trials: int
+    max_parallel: int = 1
+    trial_seconds: float | None = None
+    on_status: Callable[[str], object] | None = None  # one-line status (sd_notify)
+
+    def __post_init__(self) -> None:
+        self.arms: dict[str, Genome] = {
+            STOCK_ARM: self.stock,
+            **{c.cand_id: c.genome for c in self.candidates},
+        }
+        self.outcome = TournamentOutcome(
+            candidates=self.candidates,
+            regimes=list(self.regimes),
+            results={a: {r: [] for r in self.regimes} for a in self.arms},
+            race=Race(
+                [c.cand_id for c in self.candidates], incumbent=None, max_rounds=self.trials, min_rounds=2
+            ),
+        )
+        par = self.domain.parallel_limit(self.max_parallel)
+        self.slices: list[tuple[int, ...] | None] = (
+            list(cpu_slices(self.domain.cpu_ids(), par)) if par > 1 else [None]
+        )
+
+    async def run(self) -> TournamentOutcome:
+        """Every round, then the knobs restored (off the event loop, even when cancelled)."""
+        out = self.outcome
+        self.progress.tournament_done = 0
+        self.progress.tournament_total = len(self.arms) * len(out.regimes) * self.trials
+        t0 = time.monotonic()
+        try:
+            for rnd in range(self.trials):
+                await self._round()
+                self._race_round()
+                alive = [c for c in out.race.survivors() if c not in out.unsafe]
+                left = self.trials - rnd - 1
+                self.progress.tournament_total = self.progress.tournament_done + left * len(out.regimes) * (
+                    1 + len(alive)
+                )
+        finally:
+            with anyio.CancelScope(shield=True):
+                for problem in await anyio.to_thread.run_sync(self.domain.restore):
+                    logger.error("restore after tournament {}: {}", self.domain.name, problem)
+        out.duration_s = time.monotonic() - t0
+        return out
+
+    async def _round(self) -> None:
+        out = self.outcome
+        # Survivors get the full trial count; the race only decides who stops early.
+        active = [STOCK_ARM] + [c for c in out.race.survivors() if c not in out.unsafe]
+        order = [(a, r) for r in out.regimes for a in active]
+        self.rng.shuffle(order)
+        width = len(self.slices)
+        for i in range(0, len(order), width):
+            batch = list(zip(order[i : i + width], self.slices, strict=False))
+            if len(batch) == 1:
+                (arm, regime), cpus = batch[0]
+                await self._trial(arm, regime, cpus)
+                continue
+            async with anyio.create_task_group() as tg:
+                for (arm, regime), cpus in batch:
+                    tg.start_soon(self._trial, arm, regime, cpus)
+
+    async def _trial(self, arm: str, regime: str, cpus: tuple[int, ...] | None) -> None:
+        pr = self.progress
+        if self.on_status is not None:
+            self.on_status(
+                f"{self.domain.name} gen {pr.generation} trial "
+                f"{pr.tournament_done + 1}/{pr.tournament_total} ({arm}, {regime})"
+            )
+        tr = await self.evaluator.run_trial(
+            self.domain, self.arms[arm], regime, cand_id=arm, duration_s=self.trial_seconds, cpus=cpus
+        )
+        self.outcome.results[arm][regime].append(tr)
+        if tr.cap_breach:
+            self.outcome.unsafe.setdefault(arm, []).append(f"{regime}: {tr.cap_breach}")
+        pr.tournament_done += 1
+
+    def _race_round(self) -> None:
+        out, race = self.outcome, self.outcome.race
+        if race.finished:
+            return
+        stock = out.stock
+        for c in race.pending():
+            if c in out.unsafe:
+                race.fail(c, "unsafe: " + "; ".join(out.unsafe[c]))
+                continue
+            arm = out.results[c]
+            race.record(
+                c, round_score({r: arm[r][-1] for r in out.regimes}, {r: stock[r][-1] for r in out.regimes})
+            )
+        if not race.finished:
+            for c in race.end_round():
+                logger.info("race: {} eliminated: {}", c, race.eliminated.get(c))
+
+
+__all__ = ["ArmResults", "Tournament", "TournamentOutcome", "cpu_slices"]
