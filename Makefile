@@ -36,8 +36,13 @@ lint: venv
 typecheck: venv
 	$(PY) -m mypy
 
+# Unit tests first, with the runtime's line coverage by unit tests alone (goal: >= 85 %), then the
+# end-to-end tests (real daemon, real stress-ng, real signals).
+RUNTIME_COVERAGE ?= 85
 unit: setup
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -m "not e2e" --cov=kloros_orchestrator.runtime --cov-report=term \
+		--cov-fail-under=$(RUNTIME_COVERAGE)
+	$(PY) -m pytest -q -m e2e
 
 test: setup lint typecheck unit
 

@@ -26,6 +26,8 @@ own session, domain ``cpu``, fresh state directory each run, no ``NOTIFY_SOCKET`
    it); time until the process has exited; afterwards no stress-ng of ours may be left. At the end
    of run B (2 s trials) and in extra short runs with 10 s trials.
 6. **Peak RSS**: ``VmHWM`` of ``/proc/<pid>/status`` just before each stop; the maximum is reported.
+   **RSS while pacing** (run B): ``VmRSS`` at the first ``pacing`` event after a whole cycle
+   (generations, the scheduled PHASE window, its collapse, one more generation): the steady state.
 7. **CI cost of a pack**: ``measure.packs.build_pack`` on a synthetic 4 regimes × 3 trials × 4 KPIs
    arm and stock, ``n_boot`` = 2000 (the daemon's default), median of many runs, in this process.
 
@@ -68,6 +70,7 @@ from benchlib import (
 GOAL_DUTY = 0.97
 GOAL_WAKEUPS_PER_MIN = 1.0
 GOAL_RSS_MB = 120.0
+GOAL_PACING_RSS_MB = 60.0  # resident while pacing after a full D-REAM + PHASE cycle
 GOAL_SIGTERM_S = 3.0
 GOAL_RESUME_MS = 100.0
 GOAL_CI_MS = 50.0
@@ -106,11 +109,21 @@ def snapshot(pid: int) -> ProcSnapshot:
     return ProcSnapshot(t=time.monotonic(), ctx=ctx, cpu_ticks=int(fields[11]) + int(fields[12]))
 
 
-def vm_hwm_mb(pid: int) -> float:
+def _status_mb(pid: int, key: str) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{key}:"):
             return int(line.split()[1]) / 1024.0
-    raise BenchError("no VmHWM in /proc/<pid>/status")
+    raise BenchError(f"no {key} in /proc/<pid>/status")
+
+
+def vm_hwm_mb(pid: int) -> float:
+    """Peak resident set size so far."""
+    return _status_mb(pid, "VmHWM")
+
+
+def vm_rss_mb(pid: int) -> float:
+    """Resident set size now."""
+    return _status_mb(pid, "VmRSS")
 
 
 @dataclass(frozen=True)
@@ -348,6 +361,7 @@ class Report:
     resume_from_collapsed_ms: list[float] = field(default_factory=list)
     stops: list[StopSample] = field(default_factory=list)
     peak_rss_mb: dict[str, float] = field(default_factory=dict)
+    pacing_rss_mb: float | None = None  # VmRSS while pacing after a D-REAM + PHASE cycle
     ci_pack_ms: list[float] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
@@ -489,6 +503,10 @@ def run_b(rep: Report, *, quick: bool, keep: bool, tag: str) -> None:
         j, _ = d.wait_event(
             lambda e: e["event"] == "tournament_started", 60, "tournament after PHASE", start=j
         )
+        # A full cycle is behind us (D-REAM generations, a PHASE window, its collapse, another
+        # generation): what the daemon keeps resident while it paces is its steady-state footprint.
+        j, _ = d.wait_event(lambda e: e["event"] == "pacing", 120, "pacing after the cycle", start=j)
+        rep.pacing_rss_mb = vm_rss_mb(d.pid)
         for k in range(extra_windows):
             print(f"  overhead B: phase-now {k + 1}/{extra_windows} …", file=sys.stderr)
             r = d.query({"cmd": "phase-now"})
@@ -533,7 +551,7 @@ def run_stops(rep: Report, *, n: int, keep: bool, tag: str) -> None:
 
 def ci_pack_cost(runs: int) -> list[float]:
     """Milliseconds per ``build_pack`` on 4 regimes × 3 trials × 4 KPIs, n_boot = 2000."""
-    from kloros_orchestrator.measure.packs import build_pack
+    from kloros_orchestrator.measure.packs import PackContext, build_pack
     from kloros_orchestrator.model import P50, P95, P99, REGIMES, STANDARD_KPIS, THROUGHPUT, TrialResult
 
     rng = np.random.default_rng(5)
@@ -561,26 +579,30 @@ def ci_pack_cost(runs: int) -> list[float]:
         return out
 
     arm, stock = trials("g1c0", 1.03), trials("stock", 1.0)
+    ctx = PackContext(
+        run_id="bench",
+        domain="cpu",
+        generation=1,
+        baseline_ids={r: f"b_{r}" for r in REGIMES},
+        expected_kpis=STANDARD_KPIS,
+        missing_reasons={"temp_c": "no sensor", "watts": "no RAPL"},
+        min_trials=2,
+        code_hash="bench",
+        n_boot=2000,
+        stress_ng_version=None,
+    )
     times = []
     for k in range(runs + 3):
         t0 = time.perf_counter()
         build_pack(
-            run_id="bench",
-            domain="cpu",
+            ctx,
             cand_id="g1c0",
-            generation=1,
             spica_id="spica-bench",
             genome={"workers": 2},
             arm=arm,
             stock=stock,
-            baseline_ids={r: f"b_{r}" for r in REGIMES},
-            expected_kpis=STANDARD_KPIS,
-            missing_reasons={"temp_c": "no sensor", "watts": "no RAPL"},
             unsafe_reasons=[],
-            min_trials=2,
-            code_hash="bench",
             rng=np.random.default_rng(k),
-            n_boot=2000,
         )
         if k >= 3:  # the first calls warm imports and caches
             times.append((time.perf_counter() - t0) * 1000.0)
@@ -614,6 +636,8 @@ def markdown(rep: Report) -> str:
         )
     out.append(f"| paced asleep | {_fmt_idle(rep.asleep)} |")
     out.append(f"| paused (deferred to window) | {_fmt_idle(rep.paused)} |")
+    if rep.pacing_rss_mb is not None:
+        out.append(f"| RSS while pacing after a D-REAM + PHASE cycle (VmRSS) | {rep.pacing_rss_mb:.1f} MB |")
     if rep.peak_rss_mb:
         k = max(rep.peak_rss_mb, key=lambda x: rep.peak_rss_mb[x])
         allr = ", ".join(f"{n}: {v:.1f}" for n, v in rep.peak_rss_mb.items())
@@ -670,6 +694,14 @@ def goals(rep: Report, cmd: str) -> list[GoalResult]:
             f"≤ {GOAL_WAKEUPS_PER_MIN:g}",
             m.wakeups_per_min <= GOAL_WAKEUPS_PER_MIN,
             f"{m.wakeups_per_min - GOAL_WAKEUPS_PER_MIN:+.2f}/min",
+        )
+    if rep.pacing_rss_mb is not None:
+        add(
+            "RSS while pacing after a D-REAM + PHASE cycle (VmRSS)",
+            f"{rep.pacing_rss_mb:.1f} MB",
+            f"≤ {GOAL_PACING_RSS_MB:g} MB",
+            rep.pacing_rss_mb <= GOAL_PACING_RSS_MB,
+            f"{rep.pacing_rss_mb - GOAL_PACING_RSS_MB:+.1f} MB",
         )
     if rep.peak_rss_mb:
         peak = max(rep.peak_rss_mb.values())

@@ -74,7 +74,7 @@ from kloros_orchestrator.runtime.phase_runner import (
     PhaseSettings,
     analyze_in_worker,
 )
-from kloros_orchestrator.runtime.ports import DreamGate, EventLog, jsonable
+from kloros_orchestrator.runtime.ports import DreamGate, EventLog, TrialRunner, jsonable
 from kloros_orchestrator.runtime.records import (
     LastPhase,
     OpenWindow,
@@ -111,12 +111,16 @@ class Daemon:
         once: bool = False,
         clock: Callable[[], float] = time.time,
         analyze: Analyzer = analyze_in_worker,
+        runner: TrialRunner | None = None,
     ) -> None:
+        """Stores its inputs; nothing here touches the host. ``runner`` replaces the real
+        ``Evaluator`` (tests); ``analyze`` the PHASE analysis worker."""
         self.loaded = loaded
         self.cfg = loaded.config
         self.once = once
         self.clock = clock
         self.analyze = analyze
+        self._runner = runner
         self.paths = StatePaths(loaded.state_dir)
         self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
         self.coord = Coordinator()
@@ -149,7 +153,7 @@ class Daemon:
         self.stress_ng = find_stress_ng()
         self.stress_ng_version = await anyio.to_thread.run_sync(stress_ng_version, self.stress_ng)
         self.sensors: Sensors = await anyio.to_thread.run_sync(discover_sensors, self.loaded.sysfs_root)
-        self.evaluator = Evaluator(
+        self.evaluator: TrialRunner = self._runner or Evaluator(
             workdir=self.paths.tmp,
             sensors=self.sensors,
             caps=self.loaded.caps,

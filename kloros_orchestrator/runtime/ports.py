@@ -21,6 +21,7 @@ import anyio
 import msgspec
 
 from kloros_orchestrator.model import Genome, TrialResult
+from kloros_orchestrator.runtime.evaluate import TrialCounters
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.store import append_jsonl
 
@@ -29,6 +30,8 @@ Clock = Callable[[], float]
 
 class TrialRunner(Protocol):
     """Runs one trial (apply, workload, KPIs); ``runtime.evaluate.Evaluator`` is the real one."""
+
+    counters: TrialCounters  # trials run and failed, for status
 
     async def run_trial(
         self,
