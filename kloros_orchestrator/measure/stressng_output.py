@@ -1,7 +1,10 @@
-"""Parse what stress-ng writes: the ``--yaml`` metrics file and the ``--cyclic`` percentile log lines.
+"""Parse what stress-ng writes: the ``--yaml`` metrics file, the ``--cyclic`` percentile log lines and
+``--version``; and decide whether a run lasted long enough to be a trial.
 
-Pure functions over text; the caller reads the files. Nothing here invents a number: a value that
-stress-ng did not print is absent (``None`` or missing from a dict).
+Pure functions over text; the caller reads the files and runs the processes. Nothing here invents a
+number: a value that stress-ng did not print is absent (``None`` or missing from a dict), and a
+required metric that is missing, not a number, not finite or negative makes the whole file unusable
+(``MissingMetrics``) rather than dropping one entry and keeping the rest.
 """
 
 from __future__ import annotations
@@ -13,14 +16,17 @@ from typing import Any, Final
 
 import yaml
 
-from kloros_orchestrator.errors import WorkloadFailed
+from kloros_orchestrator.errors import MissingMetrics
 from kloros_orchestrator.model import P50, P95, P99, THROUGHPUT, StressorMetric
 
-# The latency probe's stressor name; it is excluded from throughput.
+# The latency probe's stressor name (it runs in a stress-ng process of its own); excluded from throughput.
 PROBE_STRESSOR: Final = "cyclic"
 
 # KPI name -> percentile it reports.
 LATENCY_PERCENTILES: Final = {P50: 50.0, P95: 95.0, P99: 99.0}
+
+# A run is a valid trial only when it lasted at least this fraction of the requested duration.
+MIN_WALL_FRACTION: Final = 0.9
 
 _REQUIRED_KEYS: Final = ("bogo-ops", "bogo-ops-per-second-real-time", "wall-clock-time")
 _OPTIONAL_KEYS: Final = {
@@ -35,13 +41,12 @@ _OPTIONAL_KEYS: Final = {
 _CYCLIC_LINE: Final = re.compile(
     r"\bcyclic:\s+(?P<pct>\d+(?:\.\d+)?)%:\s+(?P<ns>\d+(?:\.\d+)?)\s*ns\b",
 )
-_VERSION: Final = re.compile(r"\bversion\s+v?(?P<version>\d+(?:\.\d+)+[0-9A-Za-z.\-+~]*)")
+# "stress-ng, version 0.15.06 (gcc 12.2.0, x86_64 Linux 6.1.0)": dotted digits, then an ASCII suffix.
+_VERSION: Final = re.compile(r"\bversion\s+(?P<version>\d+(?:\.\d+)+[0-9A-Za-z.\-+~]*)")
 
-
-class MetricsUnavailable(WorkloadFailed):
-    """The stress-ng YAML has no usable ``metrics`` section (killed run, ``-q``, truncated file)."""
-
-    reason = "no_metrics"
+# The parser's name for the product's error: the YAML has no usable metrics. Kept as a name because
+# ``kloros_orchestrator.measure`` exports it; it *is* ``MissingMetrics``, so callers catch either.
+MetricsUnavailable = MissingMetrics
 
 
 class _StringLoader(yaml.SafeLoader):
@@ -60,6 +65,7 @@ def _load_yaml(text: str) -> Any:
 
 
 def _number(value: object) -> float | None:
+    """A finite number written as a YAML string; None for anything else (absent, text, nan, inf)."""
     if isinstance(value, str):
         try:
             number = float(value)
@@ -69,49 +75,54 @@ def _number(value: object) -> float | None:
     return None
 
 
-def parse_yaml_metrics(text: str) -> list[StressorMetric]:
-    """Every stressor's metrics from a stress-ng ``--yaml`` file, in file order.
+def _required_number(entry: Mapping[str, object], key: str, where: str) -> float:
+    raw = entry.get(key)
+    number = _number(raw)
+    if number is None:
+        got = "" if raw is None else f" (got {raw!r})"
+        raise MissingMetrics(f"{where}: {key} missing or not a finite number{got}")
+    if number < 0:
+        raise MissingMetrics(f"{where}: {key} is negative ({raw}): not a measurement")
+    return number
 
-    Raises ``MetricsUnavailable`` (a ``WorkloadFailed``) when the file is empty, is not YAML, or has
-    no usable ``metrics`` section, or when an entry lacks bogo-ops, real-time rate or wall-clock time.
+
+def _parse_entry(index: int, entry: object) -> StressorMetric:
+    if not isinstance(entry, Mapping) or not isinstance(entry.get("stressor"), str) or not entry["stressor"]:
+        raise MissingMetrics(f"stress-ng YAML metrics[{index}] has no stressor name")
+    name: str = entry["stressor"]
+    where = f"stress-ng YAML metrics[{index}] ({name})"
+    required = {key: _required_number(entry, key, where) for key in _REQUIRED_KEYS}
+    optional = {attr: _number(entry.get(key)) for key, attr in _OPTIONAL_KEYS.items()}
+    return StressorMetric(
+        stressor=name,
+        bogo_ops=required["bogo-ops"],
+        bogo_ops_per_s_real=required["bogo-ops-per-second-real-time"],
+        wall_clock_s=required["wall-clock-time"],
+        **optional,
+    )
+
+
+def parse_yaml_metrics(text: str) -> list[StressorMetric]:
+    """Every stressor's metrics from a stress-ng ``--yaml`` file, in file order (never empty).
+
+    Raises ``MissingMetrics`` when the file is empty, is not YAML, or has no usable ``metrics``
+    section, or when any entry lacks a stressor name or a finite, non-negative bogo-ops, real-time
+    rate or wall-clock time. Optional metrics that are absent or unreadable are ``None``, never 0.
     """
     if not text.strip():
-        raise MetricsUnavailable("stress-ng wrote an empty YAML file (run killed before it finished?)")
+        raise MissingMetrics("stress-ng wrote an empty YAML file (run killed before it finished?)")
     try:
         doc = _load_yaml(text)
     except yaml.YAMLError as exc:
-        raise MetricsUnavailable(f"stress-ng YAML is not parseable: {exc}") from exc
+        raise MissingMetrics(f"stress-ng YAML is not parseable: {exc}") from exc
     if not isinstance(doc, Mapping):
-        raise MetricsUnavailable("stress-ng YAML is not a mapping")
+        raise MissingMetrics("stress-ng YAML is not a mapping")
     entries = doc.get("metrics")
     if not isinstance(entries, list) or not entries:
-        raise MetricsUnavailable(
+        raise MissingMetrics(
             "stress-ng YAML has no metrics section (needs --metrics-brief, and no -q before it)"
         )
-    metrics: list[StressorMetric] = []
-    for index, entry in enumerate(entries):
-        if not isinstance(entry, Mapping) or not isinstance(entry.get("stressor"), str):
-            raise MetricsUnavailable(f"stress-ng YAML metrics[{index}] has no stressor name")
-        name = entry["stressor"]
-        required: dict[str, float] = {}
-        for key in _REQUIRED_KEYS:
-            number = _number(entry.get(key))
-            if number is None:
-                raise MetricsUnavailable(
-                    f"stress-ng YAML metrics[{index}] ({name}): {key} missing or not a finite number"
-                )
-            required[key] = number
-        optional = {attr: _number(entry.get(key)) for key, attr in _OPTIONAL_KEYS.items()}
-        metrics.append(
-            StressorMetric(
-                stressor=name,
-                bogo_ops=required["bogo-ops"],
-                bogo_ops_per_s_real=required["bogo-ops-per-second-real-time"],
-                wall_clock_s=required["wall-clock-time"],
-                **optional,
-            )
-        )
-    return metrics
+    return [_parse_entry(index, entry) for index, entry in enumerate(entries)]
 
 
 def parse_cyclic_percentiles(log_text: str) -> dict[float, float]:
@@ -161,17 +172,26 @@ def throughput(metrics: Iterable[StressorMetric], exclude: Iterable[str] = (PROB
 
 
 def short_run_reason(
-    metrics: Iterable[StressorMetric], duration_s: float, *, min_fraction: float = 0.9
+    metrics: Iterable[StressorMetric],
+    duration_s: float,
+    *,
+    min_fraction: float = MIN_WALL_FRACTION,
+    wall_s: float | None = None,
 ) -> str | None:
-    """Why the run is not a valid trial because a stressor stopped early; None when all ran long enough.
+    """Why the run is not a valid trial because it stopped early; None when it ran long enough.
 
-    A stress-ng stopped by SIGINT/SIGTERM exits 0 with shortened metrics, so the exit code alone
-    cannot tell a full run from an interrupted one.
+    Every stressor's wall-clock time, and ``wall_s`` (the caller's own clock, spawn to exit) when
+    given, must reach ``min_fraction`` of the requested duration. A stress-ng stopped by
+    SIGINT/SIGTERM exits 0 with shortened metrics, so the exit code alone cannot tell a full run
+    from an interrupted one.
     """
     need = duration_s * min_fraction
-    for m in metrics:
-        if m.wall_clock_s < need:
-            return f"{m.stressor} ran {m.wall_clock_s:.3f} s of the requested {duration_s:g} s"
+    lasted = [(f"{m.stressor} ran", m.wall_clock_s) for m in metrics]
+    if wall_s is not None:
+        lasted.append(("the run lasted", wall_s))
+    for what, seconds in lasted:
+        if seconds < need:
+            return f"{what} {seconds:.3f} s of the requested {duration_s:g}s (below {need:.2f}s)"
     return None
 
 
@@ -180,7 +200,7 @@ def stressng_kpis(
 ) -> dict[str, float]:
     """Throughput and latency KPIs of one run; KPIs that were not measured are absent.
 
-    Raises ``MetricsUnavailable`` when the YAML has no metrics.
+    Raises ``MissingMetrics`` when the YAML has no usable metrics.
     """
     kpis = latency_kpis(parse_cyclic_percentiles(log_text))
     total = throughput(parse_yaml_metrics(yaml_text), exclude)

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
+import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
-from kloros_orchestrator.errors import WorkloadFailed
+from kloros_orchestrator.errors import MissingMetrics, WorkloadFailed
 from kloros_orchestrator.measure.stressng_output import (
     MetricsUnavailable,
     latency_kpis,
@@ -60,7 +61,11 @@ def test_sexagesimal_looking_date_does_not_break_parsing() -> None:
         ("---\nsystem-info:\n  cpus: 2\nmetrics:\n...\n", "no metrics section"),
         ("---\nmetrics: [\n", "not parseable"),
         ("- just\n- a list\n", "not a mapping"),
+        ("metrics:\n", "no metrics section"),
+        (": : :\n  - [", "not parseable"),
         ("metrics:\n  - bogo-ops: 3\n", "no stressor name"),
+        ("metrics:\n  - stressor:\n    bogo-ops: 3\n", "no stressor name"),
+        ("metrics:\n  - [cpu, 3]\n", "no stressor name"),
         ("metrics:\n  - stressor: cpu\n    bogo-ops: 3\n    wall-clock-time: 1.0\n", "real-time"),
         (
             "metrics:\n  - stressor: cpu\n    bogo-ops: 3\n    bogo-ops-per-second-real-time: nan\n"
@@ -73,6 +78,86 @@ def test_unusable_yaml_raises_workload_failed(text: str, match: str) -> None:
     with pytest.raises(WorkloadFailed, match=match) as info:
         parse_yaml_metrics(text)
     assert isinstance(info.value, MetricsUnavailable)
+
+
+def test_parser_errors_are_the_products_missing_metrics() -> None:
+    # The runtime and its callers catch MissingMetrics; MetricsUnavailable is the same class.
+    assert MetricsUnavailable is MissingMetrics
+    with pytest.raises(MissingMetrics) as info:
+        parse_yaml_metrics("")
+    assert info.value.reason == "missing_metrics"
+
+
+# A hand-trimmed stress-ng file: sexagesimal-looking dates, some optional metrics absent.
+YAML_SAMPLE = """---
+system-info:
+      stress-ng-version: 0.15.06
+      date-yyyy-mm-dd: 2026:11:22
+      time-hh-mm-ss: 01:39:51
+metrics:
+    - stressor: cpu
+      bogo-ops: 1693
+      bogo-ops-per-second-real-time: 1692.226571
+      wall-clock-time: 1.000457
+      user-time: 0.985258
+      max-rss: 6468
+    - stressor: vm
+      bogo-ops: 11548
+      bogo-ops-per-second-real-time: 11464.4
+      wall-clock-time: 1.007281
+...
+"""
+
+
+def test_yaml_reader_keeps_strings_and_leaves_absent_metrics_none() -> None:
+    cpu, vm = parse_yaml_metrics(YAML_SAMPLE)
+    assert (cpu.stressor, vm.stressor) == ("cpu", "vm")
+    assert (cpu.bogo_ops, cpu.bogo_ops_per_s_real, cpu.wall_clock_s) == (1693.0, 1692.226571, 1.000457)
+    assert (cpu.user_time_s, cpu.max_rss_kb) == (0.985258, 6468.0)
+    assert cpu.system_time_s is None and cpu.bogo_ops_per_s_usr_sys is None  # absent, not 0.0
+    assert vm.bogo_ops == 11548.0 and vm.user_time_s is None
+
+
+def test_one_incomplete_entry_makes_the_whole_file_unusable() -> None:
+    # Stricter than dropping the entry and keeping the others: its numbers cannot be trusted either.
+    text = YAML_SAMPLE.replace("      bogo-ops-per-second-real-time: 11464.4\n", "")
+    with pytest.raises(MissingMetrics, match=r"metrics\[1\] \(vm\): bogo-ops-per-second-real-time missing"):
+        parse_yaml_metrics(text)
+
+
+@pytest.mark.parametrize("key", ["bogo-ops", "bogo-ops-per-second-real-time", "wall-clock-time"])
+@pytest.mark.parametrize(
+    ("value", "match"),
+    [
+        ("-1", "is negative"),
+        ("-0.5", "is negative"),
+        ("-inf", "missing or not a finite number"),
+        (".inf", "missing or not a finite number"),
+        ("nan", "missing or not a finite number"),
+        ("[1, 2]", "missing or not a finite number"),
+        ("''", "missing or not a finite number"),
+    ],
+)
+def test_negative_or_non_finite_required_metric_is_not_a_measurement(
+    key: str, value: str, match: str
+) -> None:
+    text = (
+        "metrics:\n  - stressor: cpu\n    bogo-ops: 3\n    bogo-ops-per-second-real-time: 3\n"
+        "    wall-clock-time: 1.0\n"
+    )
+    text = re.sub(rf"(?m)^    {key}: .*$", f"    {key}: {value}", text)
+    with pytest.raises(MissingMetrics, match=rf"\(cpu\): {key} {match}"):
+        parse_yaml_metrics(text)
+
+
+def test_zero_is_a_measurement_and_bad_optional_metrics_are_none() -> None:
+    text = (
+        "metrics:\n  - stressor: cpu\n    bogo-ops: 0\n    bogo-ops-per-second-real-time: 0.0\n"
+        "    wall-clock-time: 1.0\n    user-time: nan\n    max-rss: lots\n"
+    )
+    (metric,) = parse_yaml_metrics(text)
+    assert (metric.bogo_ops, metric.bogo_ops_per_s_real) == (0.0, 0.0)
+    assert metric.user_time_s is None and metric.max_rss_kb is None
 
 
 def test_optional_metrics_absent_are_none_not_zero() -> None:
@@ -132,7 +217,18 @@ def test_throughput_excludes_probe_and_is_none_without_workload() -> None:
 def test_short_run_is_detected() -> None:
     assert short_run_reason([_metric("cpu", 1.0, wall=9.95)], 10.0) is None
     reason = short_run_reason([_metric("cpu", 1.0, wall=10.0), _metric("vm", 1.0, wall=3.2)], 10.0)
-    assert reason is not None and reason.startswith("vm ran 3.200 s")
+    assert reason is not None and reason.startswith("vm ran 3.200 s of the requested 10s")
+
+
+def test_short_run_checks_every_stressor_and_the_callers_clock() -> None:
+    # Every stressor must reach the floor (not only the longest one), and so must the caller's own
+    # spawn-to-exit clock when it is given.
+    metrics = [_metric("cpu", 1.0, wall=1.0), _metric("vm", 1.0, wall=0.85)]
+    assert short_run_reason(metrics, 1.0) == "vm ran 0.850 s of the requested 1s (below 0.90s)"
+    assert short_run_reason(metrics, 1.0, min_fraction=0.8) is None
+    assert short_run_reason(metrics[:1], 1.0, wall_s=1.02) is None
+    reason = short_run_reason(metrics[:1], 1.0, wall_s=0.5)
+    assert reason == "the run lasted 0.500 s of the requested 1s (below 0.90s)"
 
 
 def test_stressng_kpis_combines_throughput_and_latency() -> None:
@@ -145,7 +241,14 @@ def test_read_stress_ng_version() -> None:
     text = "stress-ng, version 0.15.06 (gcc 12.2.0, x86_64 Linux 6.18.44-fc-v657)\n"
     assert read_stress_ng_version(text) == "0.15.06"
     assert read_stress_ng_version("stress-ng, version 0.17.08-rc1 💻🔥\n") == "0.17.08-rc1"
+    assert read_stress_ng_version("stress-ng, version 0.18.02~git+1\n") == "0.18.02~git+1"
     assert read_stress_ng_version("command not found") is None
+
+
+@pytest.mark.parametrize("text", ["stress-ng, version 5\n", "version v0.15.06\n", "version .15\n"])
+def test_version_must_be_dotted_digits(text: str) -> None:
+    # A bare number or a "v" prefix is not how stress-ng prints its version: no guess is stored.
+    assert read_stress_ng_version(text) is None
 
 
 @pytest.mark.e2e

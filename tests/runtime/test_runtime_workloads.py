@@ -1,4 +1,5 @@
-"""runtime.workloads: argv building (pure) and real stress-ng / command processes (1 s runs)."""
+"""runtime.workloads (with its argv and process modules): argv building (pure), outcome checks (pure)
+and real stress-ng / command processes (1 s runs)."""
 
 from __future__ import annotations
 
@@ -14,9 +15,11 @@ import anyio
 import psutil
 import pytest
 
-from kloros_orchestrator import errors
+from kloros_orchestrator import errors, runtime
+from kloros_orchestrator.measure import stressng_output
 from kloros_orchestrator.model import StressorMetric, StressorSpec, WorkloadSpec
 from kloros_orchestrator.runtime import workloads
+from kloros_orchestrator.runtime.processes import Outcome
 from kloros_orchestrator.runtime.workloads import (
     INSTALL_HINT,
     build_argv,
@@ -76,6 +79,14 @@ def catches(pid: int, sig: int) -> bool:
         return False
     match = re.search(r"^SigCgt:\s*([0-9a-f]+)$", text, re.M)
     return match is not None and bool(int(match.group(1), 16) & (1 << (sig - 1)))
+
+
+def cpu_seconds(pid: int) -> float:
+    try:
+        times = psutil.Process(pid).cpu_times()
+    except psutil.NoSuchProcess:
+        return 0.0
+    return times.user + times.system
 
 
 async def wait_for_children(pid: int, n: int = 1) -> list[int]:
@@ -202,39 +213,6 @@ async def test_run_raises_tool_missing_without_stress_ng(
         await run_stress_ng(cpu_spec(1), workdir=tmp_path / "w", exe=str(tmp_path / "no-such-stress-ng"))
 
 
-# --- YAML reader (pure) -----------------------------------------------------------------------------
-
-YAML_SAMPLE = """---
-system-info:
-      stress-ng-version: 0.15.06
-      date-yyyy-mm-dd: 2026:11:22
-      time-hh-mm-ss: 01:39:51
-metrics:
-    - stressor: cpu
-      bogo-ops: 1693
-      bogo-ops-per-second-real-time: 1692.226571
-      wall-clock-time: 1.000457
-      user-time: 0.985258
-      max-rss: 6468
-    - stressor: vm
-      bogo-ops: 11548
-      wall-clock-time: 1.007281
-...
-"""
-
-
-def test_yaml_reader_keeps_strings_and_reports_incomplete_entries() -> None:
-    metrics, problems = workloads._parse_metrics(YAML_SAMPLE)
-    assert [m.stressor for m in metrics] == ["cpu"]
-    cpu = metrics[0]
-    assert (cpu.bogo_ops, cpu.bogo_ops_per_s_real, cpu.wall_clock_s) == (1693.0, 1692.226571, 1.000457)
-    assert (cpu.user_time_s, cpu.max_rss_kb) == (0.985258, 6468.0)
-    assert cpu.system_time_s is None and cpu.bogo_ops_per_s_usr_sys is None  # absent, not 0.0
-    assert len(problems) == 1 and "'vm'" in problems[0]
-    assert workloads._parse_metrics("metrics:\n")[0] == []
-    assert workloads._parse_metrics(": : :\n  - [")[0] == []
-
-
 # --- real stress-ng ---------------------------------------------------------------------------------
 
 
@@ -334,6 +312,10 @@ async def test_signalled_run_that_exits_zero_is_a_short_run(tmp_path: Path) -> N
         # Wait until stress-ng handles SIGINT and its stressor handles SIGALRM (what it forwards),
         # so the run stops the way a signalled stress-ng does: exit 0 with shortened metrics.
         while not (catches(pid, signal.SIGINT) and all(catches(k, signal.SIGALRM) for k in kids)):
+            await anyio.sleep(0.01)
+        # ...and until the stressor has worked a little: interrupted before its first bogo-op,
+        # stress-ng writes an empty metrics section (a MissingMetrics, not the short run tested here).
+        while not all(cpu_seconds(k) >= 0.05 for k in kids):
             await anyio.sleep(0.01)
         os.kill(pid, signal.SIGINT)
 
@@ -474,32 +456,68 @@ async def test_descendant_left_behind_after_a_normal_exit_is_killed(tmp_path: Pa
     assert_all_gone(pids[0], escaped, tmp_path)
 
 
-def fake_run(names: list[str], wall: float = 1.0, returncode: int = 0) -> workloads.StressRun:
-    return workloads.StressRun(
-        argv=("stress-ng",),
+def outcome(returncode: int = 0, wall: float = 1.05, log_text: str = "") -> Outcome:
+    return Outcome(
+        argv=["stress-ng"],
         returncode=returncode,
-        wall_s=wall + 0.05,
-        requested_s=1.0,
+        wall_s=wall,
         started_at=0.0,
-        yaml_text="metrics: ...",
-        log_text="",
         stdout_text="",
-        stderr_text="",
-        metrics=tuple(StressorMetric(n, 10.0, 10.0, wall) for n in names),
-        version="0.15.06",
+        stderr_text=log_text,
+        log_text=log_text,
+        timed_out=False,
+        aborted=False,
     )
+
+
+def metrics_yaml(names: list[str], *, walls: dict[str, float] | None = None, bogo_ops: str = "10.0") -> str:
+    """A stress-ng ``--yaml`` file with one entry per name (wall-clock 1.0 s unless ``walls`` says)."""
+    entries = "".join(
+        f"    - stressor: {n}\n      bogo-ops: {bogo_ops}\n      bogo-ops-per-second-real-time: 10.0\n"
+        f"      wall-clock-time: {(walls or {}).get(n, 1.0)}\n"
+        for n in names
+    )
+    return f"---\nmetrics:\n{entries}...\n"
+
+
+def check(
+    spec: WorkloadSpec, yaml_text: str | None, *, wall: float = 1.05, returncode: int = 0, tail: str = ""
+) -> list[StressorMetric]:
+    """The outcome checks of a 1 s stress-ng run that exited by itself after ``wall`` seconds."""
+    return workloads._check_stress_ng(outcome(returncode, wall, tail), yaml_text, spec, 1.0, 0.9)
 
 
 def test_outcome_checks_require_workload_stressors_but_not_the_probe() -> None:
     spec = WorkloadSpec(stressors=(StressorSpec("cpu", 1), StressorSpec("vm", 1)), duration_s=1, probe=True)
     # stress-ng skips cyclic (exit 0) without CAP_SYS_NICE: the trial stands, latency is absent.
-    workloads._check_stress_ng(fake_run(["cpu", "vm"]), spec, [], 0.9, "")
+    metrics = check(spec, metrics_yaml(["cpu", "vm"]))
+    assert [m.stressor for m in metrics] == ["cpu", "vm"]
     with pytest.raises(errors.MissingMetrics, match="vm"):
-        workloads._check_stress_ng(fake_run(["cpu", "cyclic"]), spec, [], 0.9, "")
-    with pytest.raises(errors.ShortRun):
-        workloads._check_stress_ng(fake_run(["cpu", "vm"], wall=0.5), spec, [], 0.9, "")
-    with pytest.raises(errors.MissingMetrics):
-        workloads._check_stress_ng(fake_run([]), spec, ["no metrics"], 0.9, "")
+        check(spec, metrics_yaml(["cpu", "cyclic"]))
+    with pytest.raises(errors.ShortRun, match="requested 1s"):
+        check(spec, metrics_yaml(["cpu", "vm"], walls={"cpu": 0.5, "vm": 0.5}))
+    with pytest.raises(errors.MissingMetrics, match="no metrics section"):
+        check(spec, "---\nmetrics:\n...\n")
+    with pytest.raises(errors.MissingMetrics, match="wrote no YAML"):
+        check(spec, None)
+
+
+def test_short_run_rule_checks_every_stressor_and_our_own_clock() -> None:
+    spec = WorkloadSpec(stressors=(StressorSpec("cpu", 1), StressorSpec("vm", 1)), duration_s=1)
+    # One stressor stopping early is enough (before, only the longest stressor was checked).
+    with pytest.raises(errors.ShortRun, match=r"vm ran 0\.500 s"):
+        check(spec, metrics_yaml(["cpu", "vm"], walls={"vm": 0.5}))
+    with pytest.raises(errors.ShortRun, match=r"the run lasted 0\.400 s"):
+        check(spec, metrics_yaml(["cpu", "vm"]), wall=0.4)
+
+
+@pytest.mark.parametrize("value", ["-5", "-inf", "nan", ".inf"])
+def test_negative_or_non_finite_required_metric_fails_the_run(value: str) -> None:
+    spec = WorkloadSpec(stressors=(StressorSpec("cpu", 1),), duration_s=1)
+    with pytest.raises(errors.MissingMetrics, match=r"metrics\[0\] \(cpu\): bogo-ops") as info:
+        check(spec, metrics_yaml(["cpu"], bogo_ops=value), tail="tail text")
+    assert info.value.returncode == 0 and "tail text" in str(info.value)
+    assert ("negative" in str(info.value)) == (value == "-5")
 
 
 @pytest.mark.parametrize(
@@ -519,9 +537,23 @@ def test_outcome_checks_require_workload_stressors_but_not_the_probe() -> None:
 def test_exit_codes_map_to_typed_errors(returncode: int, error: type[errors.WorkloadFailed]) -> None:
     spec = WorkloadSpec(stressors=(StressorSpec("cpu", 1),), duration_s=1)
     with pytest.raises(error) as info:
-        workloads._check_stress_ng(fake_run(["cpu"], returncode=returncode), spec, [], 0.9, "tail text")
+        # The exit code decides before the YAML is read: garbage YAML does not mask it.
+        check(spec, "not: [yaml", returncode=returncode, tail="tail text")
     assert info.value.returncode == returncode and "tail text" in str(info.value)
     assert info.value.reason != errors.WorkloadFailed.reason
+
+
+def test_public_names_stay_importable_from_runtime_and_workloads() -> None:
+    before_the_split = {
+        "ERROR_TAIL_BYTES", "INSTALL_HINT", "LOG_CAP_BYTES", "PROBE_STRESSOR", "STDOUT_CAP_BYTES",
+        "OnStarted", "StressRun", "build_argv", "build_command_argv", "build_probe_argv", "find_stress_ng",
+        "kill_all_running", "kill_all_running_now", "live_children", "run_stress_ng", "running_pids",
+        "stress_ng_version", "timeout_seconds",
+    }  # fmt: skip
+    assert before_the_split <= set(workloads.__all__)
+    for module in (runtime, workloads):
+        assert [name for name in module.__all__ if not hasattr(module, name)] == []
+    assert runtime.PROBE_STRESSOR == stressng_output.PROBE_STRESSOR == "cyclic"
 
 
 @needs_stress_ng
