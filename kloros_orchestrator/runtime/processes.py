@@ -112,6 +112,22 @@ async def _terminate(tracked: _Tracked, grace_s: float) -> None:
     tracked.signal(signal.SIGKILL)
     # Unbounded on purpose: SIGKILL cannot be ignored, and returning earlier would leave a zombie.
     await tracked.process.wait()
+    await _until_gone(tracked)
+
+
+_GONE_CHECK_S: Final = 0.01
+_GONE_BOUND_S: Final = 2.0
+
+
+async def _until_gone(tracked: _Tracked) -> None:
+    """Wait (bounded) until every SIGKILLed descendant has really died.
+
+    Escaped descendants are not our children, so there is no exit to wait for: delivery of SIGKILL
+    takes a moment, and returning at once would let the caller see them still running.
+    """
+    with anyio.move_on_after(_GONE_BOUND_S):
+        while tracked.survivors():
+            await anyio.sleep(_GONE_CHECK_S)
 
 
 async def kill_all_running(grace_s: float = 1.0) -> int:
@@ -241,6 +257,8 @@ async def _pump(tracked: _Tracked, out: _Tail, err: _Tail) -> float:
                 [p.pid for p in leftovers],
             )
         tracked.signal(signal.SIGKILL)
+        if leftovers:
+            await _until_gone(tracked)
         with anyio.move_on_after(_PIPE_DRAIN_S):
             await readers_done.wait()
         tg.cancel_scope.cancel()
