@@ -31,7 +31,7 @@ from kloros_orchestrator.model import STOCK_ARM, Genome
 from kloros_orchestrator.phase.qtime import QtimeSpec, Slot, fit_plan
 from kloros_orchestrator.phase.records import DomainData, PhaseData, TrialRecord, VariantInfo
 from kloros_orchestrator.phase.results import PhaseResults, Qtime, ResultsWindow, TrialCounts, write_results
-from kloros_orchestrator.phase.worker import AnalysisRequest
+from kloros_orchestrator.phase.worker import AnalysisRequest, analyze
 from kloros_orchestrator.runtime.ports import Clock, EventLog, TrialRunner
 from kloros_orchestrator.spica.base import SpicaDomain
 
@@ -66,8 +66,6 @@ async def analyze_in_worker(req: AnalysisRequest) -> PhaseResults:
 
 async def analyze_in_thread(req: AnalysisRequest) -> PhaseResults:
     """The same analysis in a worker thread of this process (tests; hosts without a spare process)."""
-    from kloros_orchestrator.phase.worker import analyze
-
     return await anyio.to_thread.run_sync(analyze, req)
 
 
