@@ -5,7 +5,8 @@ Pure: the current time is always an argument (Unix seconds), the time zone is in
 Rules (systemd ``Persistent=true`` in spirit, made safe against clock jumps):
 
 * Scheduled windows are either daily at a local ``HH:MM`` or, for ``now+SECONDS``, every
-  ``period_s`` starting ``SECONDS`` after the daemon's first start (``origin``).
+  ``period_s`` starting ``SECONDS`` after ``origin`` (the daemon passes its own start: such
+  windows are for demos and tests, relative to each run).
 * At any ``now`` only the *latest* scheduled window whose start is at or before ``now`` is
   considered. Whether it already opened is decided by its *scheduled* start against the recorded
   ``last_opened_start`` (a high-water mark), never by wall time of opening: a clock that jumps back
@@ -135,7 +136,8 @@ class Schedule:
     """The PHASE calendar. All methods are pure; ``now`` is Unix seconds.
 
     ``period_s`` applies to ``now+SECONDS`` starts; daily starts repeat every local calendar day
-    (23 or 25 hours across DST changes). ``origin`` is the daemon's first start (persisted).
+    (23 or 25 hours across DST changes). ``origin`` anchors ``now+SECONDS`` starts (the
+    driver passes the process's start).
     """
 
     def __init__(

@@ -135,6 +135,7 @@ class Daemon:
         self._phase_outcome: PhaseOutcome | None = None
         self._phase_error: str | None = None
         self._tg: anyio.abc.TaskGroup | None = None
+        self._lock_fd: int | None = None
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -168,6 +169,7 @@ class Daemon:
             origin=self.started_at,
         )
         domains = await anyio.to_thread.run_sync(open_domains, self.loaded, self.journal, self.paths)
+        self._known_domains = await anyio.to_thread.run_sync(available_domains)
         self.dream = self._make_dream(domains)
         self.dream.restore(self.saved.engines, self.saved.domain_index)
         self.phase = self._make_phase()
@@ -178,7 +180,7 @@ class Daemon:
             run_id=self.run_id,
             started_at=iso(self.started_at),
             fields=manifest_fields(self.loaded, self.stress_ng, self.stress_ng_version),
-            domains=self.dream.domain_status(available_domains()),
+            domains=self.dream.domain_status(self._known_domains),
             sensors_missing=dict(self.sensors.missing),
         )
 
@@ -420,7 +422,7 @@ class Daemon:
             "next_window": nw,
             "last_phase": msgspec.to_builtins(self.saved.last_phase),
             "pacing": pr.pacing,
-            "domains": self.dream.domain_status(available_domains()),
+            "domains": self.dream.domain_status(self._known_domains),
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),
             "version": __version__,
@@ -462,6 +464,7 @@ class Daemon:
                 await self._run_phase(w)
 
     async def _run_phase(self, w: StartPhase) -> None:
+        self._phase_error = None
         try:
             outcome = await self.phase.run_window(w, self.dream.phase_subjects(self.cfg.phase.max_variants))
         except Exception as e:
@@ -526,6 +529,13 @@ class Daemon:
             self.save_state()
             self.events.record("stopped", reason=self.stop_reason or "done")
             logger.info("stopped ({})", self.stop_reason or "done")
+            self.release_lock()
+
+    def release_lock(self) -> None:
+        """Let another daemon use this state_dir (idempotent; the process's exit releases it too)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     async def serve(self) -> int:
         await self.startup()

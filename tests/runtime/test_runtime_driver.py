@@ -154,8 +154,7 @@ class Rig:
     def release(self, d: Daemon) -> None:
         """Close the state-dir lock (held for the life of the process otherwise), once."""
         self.daemons.remove(d)
-        with contextlib.suppress(AttributeError):
-            os.close(d._lock_fd)
+        d.release_lock()
 
     def events(self) -> list[dict[str, Any]]:
         path = self.state_dir / "logs" / "events.jsonl"

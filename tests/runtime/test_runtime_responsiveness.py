@@ -8,7 +8,6 @@ default analyzer); a client thread asks for ``status`` every few milliseconds an
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
 import statistics
@@ -74,7 +73,6 @@ async def running(loaded: LoadedConfig) -> AsyncIterator[Daemon]:
     finally:
         with anyio.fail_after(WAIT_S):
             await d.shutdown()
-        os.close(d._lock_fd)
 
 
 @dataclass
