@@ -33,7 +33,8 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
-from scipy import special
+
+from kloros_orchestrator.measure.distributions import t_sf
 
 __all__ = ["Race"]
 
@@ -184,7 +185,7 @@ class Race:
             diff = m_lead - m
             if se > 0:
                 t = diff / se
-                p = float(special.stdtr(df, -t))
+                p = t_sf(t, df)
             else:  # noise-free samples: any gap is certain
                 t, p = (math.inf, 0.0) if diff > 0 else (0.0, 1.0)
             if p >= self.alpha:

@@ -1,5 +1,6 @@
-"""Bootstrap confidence intervals and two-sample helpers. Pure numpy/scipy; randomness only from
-the ``numpy.random.Generator`` the caller passes in.
+"""Bootstrap confidence intervals and two-sample helpers. Pure numpy (distribution functions from
+``distributions.py``, no scipy); randomness only from the ``numpy.random.Generator`` the caller
+passes in.
 
 Interval method: the *expanded percentile* bootstrap (Hesterberg, "What teachers should know about
 the bootstrap", 2015). The plain percentile bootstrap is too narrow for small n (its bootstrap
@@ -13,14 +14,15 @@ with few trials. Every interval is finally clamped to contain its point estimate
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from typing import Final, Literal
 
 import numpy as np
 import numpy.typing as npt
-from scipy import stats as sps
 
+from kloros_orchestrator.measure.distributions import norm_cdf, t_ppf, welch_ttest
 from kloros_orchestrator.measure.scoring import score_regime_array, score_terms
 
 FloatArray = npt.NDArray[np.float64]
@@ -55,9 +57,16 @@ def expanded_tail(n: int, level: float = DEFAULT_LEVEL) -> float:
     """
     if n < 2:
         return 0.0
+    return _expanded_tail(n, level)
+
+
+@functools.lru_cache(maxsize=256)
+def _expanded_tail(n: int, level: float) -> float:
+    # Cached: every bootstrap asks for it, with few distinct (n, level) pairs per run, and the
+    # t quantile is an iterative solve.
     alpha = 1.0 - level
-    t = float(sps.t.ppf(1.0 - alpha / 2.0, df=n - 1))
-    return float(sps.norm.cdf(-math.sqrt(n / (n - 1)) * t))
+    t = t_ppf(1.0 - alpha / 2.0, n - 1)
+    return norm_cdf(-math.sqrt(n / (n - 1)) * t)
 
 
 def _interval(replicates: FloatArray, tail: float) -> FloatArray:
@@ -242,6 +251,5 @@ def welch_p_value(
         return None
     if np.ptp(arr_a) == 0 and np.ptp(arr_b) == 0:
         return None  # no variance on either side: the t statistic is undefined
-    result = sps.ttest_ind(arr_a, arr_b, equal_var=False, alternative=alternative)
-    p = float(result.pvalue)
+    p = welch_ttest(arr_a, arr_b, alternative=alternative)[2]
     return p if math.isfinite(p) else None
