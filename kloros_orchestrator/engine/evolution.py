@@ -26,7 +26,8 @@ halves the distance to the optimum for the same number of samples; ``screening=1
 best keeps improving (three generations running), widens them back towards the declared bounds
 after ``patience`` generations without improvement, and drops (freezes at the best genome's
 value) a knob whose values show no relationship with fitness. Every change is appended to
-``adaptations`` as a readable line.
+``adaptations`` as a readable line. The moves themselves are in ``adaptation.py``; this class
+decides when they apply.
 
 Pure and deterministic for a seed: no I/O, randomness only from the instance's own Generator,
 whose state travels with ``state()``/``from_state()``.
@@ -40,17 +41,10 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
-from scipy import stats
 
-from kloros_orchestrator.engine.space import (
-    BoolParam,
-    ChoiceParam,
-    FloatParam,
-    IntParam,
-    SearchSpace,
-    genome_key,
-)
-from kloros_orchestrator.engine.surrogate import Surrogate, knob_features
+from kloros_orchestrator.engine.adaptation import irrelevance_tests, narrow_bounds, widen_bounds
+from kloros_orchestrator.engine.space import BoolParam, ChoiceParam, SearchSpace, genome_key
+from kloros_orchestrator.engine.surrogate import Surrogate
 from kloros_orchestrator.model import Genome, Scalar
 
 __all__ = ["Candidate", "Evolution"]
@@ -62,14 +56,8 @@ _STEP: Final = 0.12
 _LONG_STEP: Final = 0.4
 _LONG_STEP_P: Final = 0.2
 _RETRIES: Final = 24  # attempts to breed a genome not yet seen before accepting a duplicate
-_NARROW_FACTOR: Final = 0.7  # a narrowing keeps at least this share of the current width...
-_MIN_WIDTH: Final = 0.05  # ...and never less than this share of the declared (log-)width
-_WIDEN_FACTOR: Final = 1.5
 _NARROW_STREAK: Final = 3  # generations of improvement in a row before a narrowing
-_NARROW_TOP: Final = 0.25  # narrow around this share of the population's size of top genomes...
-_NARROW_MARGIN: Final = 1.25  # ...keeping their spread plus a quarter
-_DROP_P: Final = 0.5  # drop a knob only when no test finds a hint of a relationship (p > 0.5)
-_DROP_RHO: Final = 0.15
+_NARROW_TOP: Final = 0.25  # narrow around this share of the population's size of top genomes
 _DROP_STREAK: Final = 2  # consecutive adapt() calls that must agree before a drop
 _SCREEN_MIN_SAMPLES: Final = 12  # scored genomes before offspring are screened by the surrogate
 
@@ -461,48 +449,14 @@ class Evolution:
         return lines
 
     def _narrow(self, why: str) -> list[str]:
-        scored = [
-            (c, m) for c, m in self.hall_of_fame(len(self._archive)) if self.space.contains(c.genome)
-        ]
+        scored = [(c, m) for c, m in self.hall_of_fame(len(self._archive)) if self.space.contains(c.genome)]
         top = scored[: max(3, int(self.population * _NARROW_TOP))]
         if len(top) < 3:
             return []
-        best = top[0][0].genome
-        out: list[str] = []
-        for name in self.space.free_names:
-            cur, orig = self.space.param(name), self.space.original(name)
-            if not isinstance(cur, IntParam | FloatParam) or not isinstance(orig, IntParam | FloatParam):
-                continue
-            lo, hi = orig.to_unit(cur.low), orig.to_unit(cur.high)
-            width = hi - lo
-            vals = [orig.to_unit(float(c.genome[name])) for c, _ in top]
-            new_w = max(width * _NARROW_FACTOR, (max(vals) - min(vals)) * _NARROW_MARGIN, _MIN_WIDTH)
-            if new_w >= width * 0.95:
-                continue
-            center = orig.to_unit(float(best[name]))
-            n_lo = min(max(center - new_w / 2, lo), hi - new_w)
-            n_lo, n_hi = min(n_lo, min(vals)), max(n_lo + new_w, max(vals))
-            low, high = orig.from_unit(n_lo), orig.from_unit(n_hi)
-            if isinstance(orig, IntParam):  # from_unit rounds; keep the hull of the top values
-                low = min(low, *(int(c.genome[name]) for c, _ in top))
-                high = max(high, *(int(c.genome[name]) for c, _ in top))
-            before = cur
-            msg = self.space.set_bounds(name, max(low, cur.low), min(high, cur.high))
-            if self.space.param(name) != before:
-                out.append(f"narrow {msg} around the top {len(top)} genomes ({why})")
-        return out
+        return narrow_bounds(self.space, [c.genome for c, _ in top], why)
 
     def _widen(self, why: str) -> list[str]:
-        out: list[str] = []
-        for name in self.space.free_names:
-            cur, orig = self.space.param(name), self.space.original(name)
-            if isinstance(cur, IntParam | FloatParam) and cur != orig:
-                out.append(f"widen {self.space.widen(name, _WIDEN_FACTOR)} ({why})")
-        if not out:  # numeric ranges are whole again: give restricted choices back
-            for name in self.space.free_names:
-                cur = self.space.param(name)
-                if isinstance(cur, ChoiceParam) and cur != self.space.original(name):
-                    out.append(f"widen {self.space.widen(name)} ({why})")
+        out = widen_bounds(self.space, why)
         if not out and self._drop_order:  # still stuck: search the oldest dropped knob again
             name = self._drop_order.pop(0)
             if name in self.space.fixed:
@@ -524,20 +478,10 @@ class Evolution:
             return []
         entries = [(e.candidate.genome, m) for e in self._archive.values() if (m := e.mean) is not None]
         fit = np.array([m for _, m in entries])
-        if len(entries) < self.drop_min_samples or np.ptp(fit) == 0:
-            return []
-        blocks = {
-            n: knob_features(self.space.original(n), [g[n] for g, _ in entries]) for n in self.space.names
-        }
-        n_cols = 1 + sum(b.shape[1] for b in blocks.values())
-        if len(entries) < max(self.drop_min_samples, 3 * n_cols):
-            return []
+        names = [n for n in free if not self._recently_released(n)]
+        tests = irrelevance_tests(self.space, [g for g, _ in entries], fit, names, self.drop_min_samples)
         verdicts: list[tuple[float, str, str]] = []
-        for name in free:
-            released = self._released_at.get(name)
-            if released is not None and self._generation - released < 2 * self.patience:
-                continue
-            verdict = self._irrelevance(name, blocks, fit)
+        for name, verdict in tests.items():
             if verdict is None:
                 self._irrelevant_streak.pop(name, None)
                 continue
@@ -552,30 +496,10 @@ class Evolution:
         self._irrelevant_streak.pop(name, None)
         return [f"{msg} (no relationship with fitness over {len(entries)} genomes: {detail})"]
 
-    @staticmethod
-    def _irrelevance(
-        name: str, blocks: Mapping[str, np.ndarray], fit: np.ndarray
-    ) -> tuple[float, str] | None:
-        """(p of the F-test, detail) when neither test finds a relationship, else None."""
-        own = blocks[name]
-        if own.shape[1] == 0 or np.ptp(own, axis=0).max() == 0:
-            return None
-        ones = np.ones((len(fit), 1))
-        others = np.column_stack([ones, *(b for n, b in blocks.items() if n != name)])
-        full = np.column_stack([others, own])
-        rss_r, rank_r, resid = _rss(others, fit)
-        rss_f, rank_f, _ = _rss(full, fit)
-        q, df = rank_f - rank_r, len(fit) - rank_f
-        if q <= 0 or df < 5 or rss_f <= 0:
-            return None
-        f_stat = max(rss_r - rss_f, 0.0) / q / (rss_f / df)
-        p_f = float(stats.f.sf(f_stat, q, df))
-        # partial rank correlation: with the other knobs' effects removed, a knob that merely
-        # hitch-hiked along with good values of another does not look related
-        rho, p_s = stats.spearmanr(own[:, 0], resid) if own.shape[1] <= 2 else (0.0, 1.0)
-        if p_f <= _DROP_P or not math.isfinite(rho) or abs(rho) >= _DROP_RHO or p_s <= _DROP_P:
-            return None
-        return p_f, f"F({q},{df})={f_stat:.2f} p={p_f:.2f}, Spearman rho={rho:+.2f} p={p_s:.2f}"
+    def _recently_released(self, name: str) -> bool:
+        """Released by ``_widen`` less than two patience periods ago: not judged again yet."""
+        released = self._released_at.get(name)
+        return released is not None and self._generation - released < 2 * self.patience
 
     # --- persistence --------------------------------------------------------------------------
 
@@ -644,9 +568,3 @@ class Evolution:
         evo.adaptations = [str(a) for a in state["adaptations"]]
         evo._rng.bit_generator.state = state["rng"]
         return evo
-
-
-def _rss(design: np.ndarray, y: np.ndarray) -> tuple[float, int, np.ndarray]:
-    coef, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
-    resid = y - design @ coef
-    return float(resid @ resid), int(rank), resid

@@ -8,6 +8,7 @@ once t² overflows (|t| > 1e154), the F survival function loses digits below abo
 from __future__ import annotations
 
 import math
+import subprocess
 import sys
 import warnings
 from typing import Literal
@@ -272,3 +273,17 @@ def test_welch_needs_two_values_each_side_and_some_variance() -> None:
     t, df, p = welch_ttest([1.0, 2.0, 3.0], [5.0, 5.0, 5.0], alternative="less")
     assert df == pytest.approx(2.0) and p == pytest.approx(float(stats.t.cdf(t, 2.0)), rel=1e-12)
 
+
+# --- the daemon never loads scipy -------------------------------------------------------------
+
+
+def test_daemon_side_modules_do_not_import_scipy() -> None:
+    code = (
+        "import sys, kloros_orchestrator.engine, kloros_orchestrator.measure.stats, "
+        "kloros_orchestrator.measure.packs\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'scipy'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert out.stdout.strip() == "[]"
