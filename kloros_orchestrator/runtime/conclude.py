@@ -205,7 +205,7 @@ class Concluder:
         entries, problem = read_baselines(path)
         if problem is not None:
             logger.error("{} unreadable ({}); rewriting it", path, problem)
-        measured = datetime.now(UTC).isoformat()
+        measured = datetime.fromtimestamp(self.clock(), UTC).isoformat()
         fresh = {
             regime: baseline_entry(
                 trials,

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
+import msgspec
 import numpy as np
 import psutil
 from loguru import logger
@@ -147,16 +148,28 @@ class DreamLoop:
                 engine=eng,
                 committed=eng.state(),
                 generation=prior.generation if prior else self._next_generation_on_disk(name),
-                hall_of_fame=(
+                hall_of_fame=self._usable(
+                    dom,
                     list(prior.hall_of_fame)
                     if prior
-                    else hall_of_fame_from_packs(self.paths, name, self.events)
+                    else hall_of_fame_from_packs(self.paths, name, self.events),
                 ),
                 durations=deque(prior.durations if prior else [], maxlen=ROLLING),
             )
             logger.info("domain {}: {} knob(s) {}", name, len(dom.search_space()), sorted(dom.search_space()))
             for knob, reason in dom.dropped.items():
                 logger.info("domain {}: knob {} dropped: {}", name, knob, reason)
+
+    def _usable(self, dom: SpicaDomain, hof: list[HallOfFameEntry]) -> list[HallOfFameEntry]:
+        """The entries this host can still apply: a genome from before a knob disappeared (or was
+        added) would fail every PHASE trial and sit at the top of the hall of fame for good."""
+        usable = [h for h in hof if set(h.genome) == set(dom.search_space())]
+        for h in hof:
+            if h not in usable:
+                logger.warning(
+                    "domain {}: {} leaves the hall of fame: its knobs no longer fit", dom.name, h.cand_id
+                )
+        return usable
 
     def _next_generation_on_disk(self, name: str) -> int:
         """Without a saved state, continue numbering after the packs on disk (never overwrite them)."""
@@ -354,8 +367,7 @@ class DreamLoop:
         for name, s in self.searches.items():
             variants = {
                 h.cand_id: VariantInfo(genome=h.genome, spica_id=h.spica_id, cand_id=h.cand_id)
-                for h in s.hall_of_fame[:max_variants]
-                if h.genome != s.stock
+                for h in [h for h in s.hall_of_fame if h.genome != s.stock][:max_variants]
             }
             out[name] = (s.domain, s.stock, variants)
         return out
@@ -372,10 +384,10 @@ class DreamLoop:
             s = self.searches.get(name)
             if s is None:
                 continue
+            hof = [msgspec.structs.replace(h) for h in s.hall_of_fame]  # changed only on success
             try:
-                per_domain[name] = collapse_domain(
-                    name, results, s.engine, s.hall_of_fame, self.paths, self.clock
-                )
+                per_domain[name] = collapse_domain(name, results, s.engine, hof, self.paths, self.clock)
+                s.hall_of_fame = hof
             except (ValueError, KeyError, TypeError) as e:
                 # Results from another host/version may not fit this search: keep our own state.
                 logger.error("collapse of {} into {} failed: {}", results.run_id, name, e)

@@ -453,6 +453,27 @@ def test_phase_subjects_leave_out_variants_equal_to_stock(tmp_path: Path, tune: 
     assert list(rig.loop.phase_subjects(1)[TUNE][2]) == ["good"]
 
 
+def test_a_stock_equal_entry_does_not_take_a_variant_place(tmp_path: Path, tune: SpicaDomain) -> None:
+    good, other = {**TUNE_STOCK, "swappiness": 10}, {**TUNE_STOCK, "qdisc": "fq"}
+    rig = open_dream_rig(tmp_path / "state", {TUNE: tune})
+    hof = [hof_entry("good", good, 0.2), hof_entry("same", TUNE_STOCK, 0.1), hof_entry("other", other, 0.05)]
+    rig.loop.restore({TUNE: DomainProgress(hall_of_fame=hof)})
+    assert sorted(rig.loop.phase_subjects(2)[TUNE][2]) == ["good", "other"]
+
+
+def test_hall_of_fame_entries_whose_knobs_no_longer_fit_are_dropped(
+    tmp_path: Path, tune: SpicaDomain
+) -> None:
+    good = {**TUNE_STOCK, "swappiness": 10}
+    gone = {**TUNE_STOCK, "nr_hugepages": 8}  # a knob this host does not (or no longer) offer
+    rig = open_dream_rig(tmp_path / "state", {TUNE: tune})
+    rig.loop.restore(
+        {TUNE: DomainProgress(hall_of_fame=[hof_entry("gone", gone, 0.5), hof_entry("good", good, 0.2)])}
+    )
+    assert [h.cand_id for h in rig.loop.searches[TUNE].hall_of_fame] == ["good"]
+    assert list(rig.loop.phase_subjects(3)[TUNE][2]) == ["good"]
+
+
 def results_for(domain: str, **fields: Any) -> PhaseResults:
     base: dict[str, Any] = {
         "timestamp": "2026-09-21T03:00:00+00:00",
