@@ -12,6 +12,7 @@ from kloros_orchestrator.core import (
     Command,
     Coordinator,
     Event,
+    ForceExit,
     PauseDream,
     PhaseComplete,
     RecordEvent,
@@ -167,6 +168,25 @@ def test_stopping_absorbs_every_event_without_commands(event_type: type[Event]) 
     assert c.accepts(event_type)
     assert c.handle(sample_event(event_type, T0 + 7)) == []
     assert c.state is State.STOPPING
+
+
+def test_a_second_interrupt_forces_the_exit() -> None:
+    c = in_state(State.EVOLVING)
+    assert actions(c.handle(StopRequested("SIGINT", interrupt=True, now=T0))) == [Shutdown("SIGINT")]
+    assert c.handle(StopRequested("SIGTERM", now=T0 + 1)) == []  # a terminate while stopping: nothing
+    assert c.handle(StopRequested("SIGINT", interrupt=True, now=T0 + 2)) == [ForceExit("SIGINT")]
+    assert c.state is State.STOPPING
+
+
+def test_terminate_then_one_interrupt_stays_graceful() -> None:
+    c = in_state(State.PHASE)
+    c.handle(StopRequested("SIGTERM", now=T0))
+    assert c.handle(StopRequested("SIGINT", interrupt=True, now=T0 + 1)) == []
+
+
+@pytest.mark.parametrize("state", list(State))
+def test_windows_may_open_only_from_starting_or_evolving(state: State) -> None:
+    assert in_state(state).window_may_open is (state in (State.STARTING, State.EVOLVING))
 
 
 def test_late_tournament_done_after_stop_does_not_raise() -> None:
