@@ -326,7 +326,13 @@ class Daemon:
         outcome, self._phase_outcome = self._phase_outcome, None
         if outcome is None or cmd.results_path is None or str(outcome.path) != cmd.results_path:
             return ResultsCollapsed(now=self.clock(), changes={"error": self._phase_error or "no results"})
-        return ResultsCollapsed(now=self.clock(), changes=self._ingest(outcome.results, cmd.results_path))
+        try:
+            changes = self._ingest(outcome.results, cmd.results_path)
+        except Exception as e:
+            # A full disk or a bug must not leave D-REAM paused for good: report it and resume.
+            logger.exception("collapse of {} failed", cmd.results_path)
+            changes = {"error": repr(e)[:500]}
+        return ResultsCollapsed(now=self.clock(), changes=changes)
 
     # --- windows ----------------------------------------------------------------------------------
 

@@ -37,6 +37,7 @@ from kloros_orchestrator.spica.base import SpicaDomain
 
 # apply/restore, process start and YAML parsing around each trial (measured ~0.2-0.4 s)
 TRIAL_OVERHEAD_S = 0.6
+ANALYSIS_BOUND_S = 600.0  # an analysis taking longer is a bug: PHASE fails (and D-REAM resumes)
 
 Subjects = Mapping[
     str, tuple[SpicaDomain, Genome, dict[str, VariantInfo]]
@@ -54,6 +55,7 @@ async def analyze_in_worker(req: AnalysisRequest) -> PhaseResults:
         [sys.executable, "-m", "kloros_orchestrator.phase.worker"],
         input=msgspec.json.encode(req),
         check=False,
+        start_new_session=True,  # a Ctrl-C at the daemon's terminal is the daemon's to handle, not ours
     )
     if done.returncode != 0:
         tail = done.stderr.decode(errors="replace")[-2000:]
@@ -182,10 +184,13 @@ class PhaseRunner:
             stopped_reason=measured.stopped,
         )
         t_an = time.monotonic()
-        results = await self.analyze(req)
-        path = await anyio.to_thread.run_sync(
-            lambda: write_results(self.phase_dir, results, now=self.clock())
-        )
+        # The window's measurements are worth more than a prompt exit: a stop that arrives now waits
+        # for the analysis and the write (bounded), so the restart does not measure the window again.
+        with anyio.CancelScope(shield=True), anyio.fail_after(ANALYSIS_BOUND_S):
+            results = await self.analyze(req)
+            path = await anyio.to_thread.run_sync(
+                lambda: write_results(self.phase_dir, results, now=self.clock())
+            )
         logger.info(
             "PHASE {} results written to {} (analysis {:.2f} s)", run_id, path, time.monotonic() - t_an
         )

@@ -491,6 +491,23 @@ async def test_a_failing_phase_still_resumes_dream(rig: Rig) -> None:
     knobs_restored(rig)
 
 
+async def test_a_collapse_that_raises_still_resumes_dream(rig: Rig) -> None:
+    d = rig.daemon()
+    async with running(d) as log:
+
+        def disk_full(results: object, *, source: str) -> dict[str, object]:
+            raise OSError(28, "No space left on device")
+
+        d.dream.collapse = disk_full  # type: ignore[method-assign]
+        await log.wait_for("pacing")
+        assert (await ask(d, "phase-now"))["ok"] is True
+        await log.wait_for("results_collapsed")
+        await log.wait_for("tournament_started", 2)
+        assert d.coord.state is State.EVOLVING
+    collapsed = next(e for e in rig.events() if e["event"] == "results_collapsed")
+    assert "No space left" in collapsed["changes"]["error"]
+
+
 async def test_stop_requested_mid_trial_restores_knobs_and_persists_state(rig: Rig) -> None:
     rig.runner.hold_candidates = True
     d = rig.daemon()
