@@ -55,6 +55,7 @@ from kloros_orchestrator.core.coordinator import (
     Shutdown,
     Started,
     StartPhase,
+    State,
     StopRequested,
     WindowOpened,
 )
@@ -101,6 +102,7 @@ from kloros_orchestrator.spica.registry import available_domains
 from kloros_orchestrator.store import StatePaths, append_jsonl
 
 WINDOW_RECHECK_S = 600.0  # re-evaluate the calendar at least this often (clock jumps, DST)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Daemon:
@@ -112,15 +114,18 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         analyze: Analyzer = analyze_in_worker,
         runner: TrialRunner | None = None,
+        hold_signals: bool = False,
     ) -> None:
         """Stores its inputs; nothing here touches the host. ``runner`` replaces the real
-        ``Evaluator`` (tests); ``analyze`` the PHASE analysis worker."""
+        ``Evaluator`` (tests); ``analyze`` the PHASE analysis worker; ``hold_signals`` keeps the
+        stop signals ignored after the daemon stopped (the process is about to exit: the CLI)."""
         self.loaded = loaded
         self.cfg = loaded.config
         self.once = once
         self.clock = clock
         self.analyze = analyze
         self._runner = runner
+        self.hold_signals = hold_signals
         self.paths = StatePaths(loaded.state_dir)
         self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
         self.coord = Coordinator()
@@ -504,12 +509,29 @@ class Daemon:
         await serve_control(self.loaded.socket_path, self.handle_request, task_status=task_status)
 
     async def _signals(self) -> None:
-        # Signals can only be received in the main thread; open_signal_receiver replaces handlers.
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
-            async for signum in signals:
-                name = signal.Signals(signum).name
-                logger.info("{} received in state {}", name, self.coord.state)
-                self.dispatch(StopRequested(reason=name, interrupt=signum == signal.SIGINT, now=self.clock()))
+        # Signals can only be received in the main thread; open_signal_receiver replaces handlers,
+        # and leaving it puts the *default* ones back (a late SIGTERM would then kill us with -15).
+        # With hold_signals, they are blocked before the receiver closes and ignored after, so any
+        # burst ends in exit 0 (or 130 for a forced second SIGINT).
+        try:
+            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                try:
+                    async for signum in signals:
+                        name = signal.Signals(signum).name
+                        # Once stopping, more signals are expected (impatient operators): quietly.
+                        level = "DEBUG" if self.coord.state is State.STOPPING else "INFO"
+                        logger.log(level, "{} received in state {}", name, self.coord.state)
+                        self.dispatch(
+                            StopRequested(reason=name, interrupt=signum == signal.SIGINT, now=self.clock())
+                        )
+                finally:
+                    if self.hold_signals:
+                        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+        finally:
+            if self.hold_signals:
+                for sig in STOP_SIGNALS:
+                    signal.signal(sig, signal.SIG_IGN)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # pending ones: ignored
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -559,7 +581,7 @@ class Daemon:
 
 
 def run_daemon(loaded: LoadedConfig, *, once: bool = False) -> int:
-    return anyio.run(Daemon(loaded, once=once).serve)
+    return anyio.run(Daemon(loaded, once=once, hold_signals=True).serve)
 
 
 __all__ = ["Daemon", "run_daemon"]
