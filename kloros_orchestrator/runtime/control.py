@@ -8,6 +8,23 @@ The socket file is never visible with the wrong mode: it is bound inside a fresh
 next to ``path``, chmodded, then renamed onto ``path`` (anyio's listener binds first and chmods
 after, and changing the umask would race with every other thread of the daemon). The rename also
 replaces a stale socket atomically, after a probe showed that nothing accepts connections on it.
+
+Anyone in the socket's group can connect, so nothing a client does may exhaust the daemon:
+
+* **Connection cap.** At most ``max_connections`` clients are served at once; by default
+  ``min(128, RLIMIT_NOFILE soft limit // 4)``, so idle clients can never use up the file
+  descriptors the rest of the daemon needs. A connection beyond the cap is accepted, gets one
+  ``{"ok": false, "error": "too many connections ..."}`` line and is closed at once.
+* **Idle timeout.** A connection is closed when no complete request line arrives within
+  ``idle_timeout`` (30 s by default) of the previous answer, whether the client is silent or stuck
+  mid-line, and when an answer cannot be written within that time (a client that never reads).
+  The handler's own time is not counted.
+* **Bounded input.** A line holds at most ``MAX_LINE_BYTES``; one nested deeper than
+  ``MAX_JSON_DEPTH`` arrays/objects is answered ``ok: false`` before it reaches the JSON decoder
+  (whose recursion would otherwise fail on it), and the connection stays usable.
+* **Accept never ends the server.** anyio reports every failed ``accept`` (EMFILE, ENFILE, ENOBUFS,
+  a broken listener) as an exception; each is logged (throttled) and followed by a back-off that
+  doubles from 50 ms to 1 s and resets on the next success, then accepting resumes.
 """
 
 from __future__ import annotations
@@ -15,6 +32,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
+import resource
 import shutil
 import socket
 import stat
@@ -32,9 +51,15 @@ from loguru import logger
 from kloros_orchestrator.errors import ControlError, DaemonAlreadyRunning, DaemonNotRunning
 
 MAX_LINE_BYTES: Final = 64 * 1024  # one request line
+MAX_JSON_DEPTH: Final = 32  # nested arrays/objects in one request
 MAX_RESPONSE_BYTES: Final = 16 * 1024 * 1024
 UNIX_PATH_MAX: Final = 107  # sun_path is 108 bytes including the terminating NUL
-_ACCEPT_BACKOFF_S: Final = 0.1
+IDLE_TIMEOUT_S: Final = 30.0
+CONNECTION_CAP: Final = 128  # upper bound of the default cap; see default_max_connections()
+_FD_SHARE: Final = 4  # connections may take at most a quarter of the file-descriptor limit
+_ACCEPT_BACKOFF_S: Final = (0.05, 1.0)  # first and longest pause after a failed accept
+_REFUSE_TIMEOUT_S: Final = 1.0  # bound on telling an excess client no (a fresh socket never blocks)
+_LOG_INTERVAL_S: Final = 60.0  # repeated accept failures and refusals: one log line per interval
 
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
@@ -54,6 +79,37 @@ def _line(obj: dict[str, Any]) -> bytes:
 
 def _error(message: str) -> bytes:
     return _line({"ok": False, "error": message})
+
+
+def default_max_connections() -> int:
+    """The default connection cap: ``min(CONNECTION_CAP, soft RLIMIT_NOFILE // 4)``, at least 1."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or soft < 0:
+        return CONNECTION_CAP
+    return max(1, min(CONNECTION_CAP, soft // _FD_SHARE))
+
+
+# A JSON string, possibly unterminated (the decoder reports that). Possessive quantifiers and
+# matching the unterminated case too keep the substitution linear in the line's length.
+_JSON_STRING: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
+_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
+_OPENERS: Final = frozenset(b"[{")
+
+
+def nesting_exceeds(line: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether ``line`` nests arrays/objects deeper than ``limit``, brackets inside strings ignored.
+
+    A cheap scan of the raw bytes, so that a hostile line never reaches the recursive decoder;
+    it does not validate anything else.
+    """
+    if line.count(b"[") + line.count(b"{") <= limit:
+        return False
+    depth = 0
+    for bracket in _JSON_STRING.sub(b"", line).translate(None, _NOT_BRACKETS):
+        depth += 1 if bracket in _OPENERS else -1
+        if depth > limit:
+            return True
+    return False
 
 
 def _check_length(path: Path, what: str = "socket path") -> None:
@@ -120,10 +176,14 @@ def _remove_if_ours(path: Path, ident: tuple[int, int]) -> None:
 
 
 async def _respond(raw: bytes, handler: Handler) -> bytes:
+    if nesting_exceeds(raw):
+        return _error(f"request nested deeper than {MAX_JSON_DEPTH} arrays/objects")
     try:
         request = json.loads(raw)
     except ValueError as exc:  # includes UnicodeDecodeError
         return _error(f"malformed JSON: {exc}")
+    except RecursionError:  # nesting_exceeds() stops such lines first; no line may go unanswered
+        return _error("request nested too deeply")
     if not isinstance(request, dict):
         return _error("a request must be a JSON object")
     cmd = request.get("cmd")
@@ -144,25 +204,108 @@ async def _respond(raw: bytes, handler: Handler) -> bytes:
         return _error(f"internal error: response not serialisable: {exc}")
 
 
-async def _serve_connection(conn: anyio.abc.SocketStream, handler: Handler) -> None:
-    async with conn:
-        reader = BufferedByteReceiveStream(conn)
-        try:
-            while True:
-                try:
+async def _converse(conn: anyio.abc.SocketStream, handler: Handler, idle_timeout: float) -> None:
+    """Answer request lines until the client leaves, goes idle, or sends an overlong line."""
+    reader = BufferedByteReceiveStream(conn)
+    try:
+        while True:
+            try:
+                with anyio.fail_after(idle_timeout):
                     raw = await reader.receive_until(b"\n", MAX_LINE_BYTES)
-                except anyio.IncompleteRead:
-                    return  # the client closed (possibly mid-line)
-                except anyio.DelimiterNotFound:
-                    # No way to find the next request boundary cheaply: answer, then hang up.
-                    await conn.send(_error(f"request line longer than {MAX_LINE_BYTES} bytes"))
-                    return
-                if raw.strip():
-                    await conn.send(await _respond(raw, handler))
-        except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError):
-            return
-        except Exception:
-            logger.exception("control connection failed")
+            except anyio.IncompleteRead:
+                return  # the client closed (possibly mid-line)
+            except anyio.DelimiterNotFound:
+                # No way to find the next request boundary cheaply: answer, then hang up.
+                answer = _error(f"request line longer than {MAX_LINE_BYTES} bytes")
+                with anyio.fail_after(idle_timeout):
+                    await conn.send(answer)
+                return
+            if raw.strip():
+                answer = await _respond(raw, handler)  # the handler's time is not the client's idling
+                with anyio.fail_after(idle_timeout):
+                    await conn.send(answer)
+    except TimeoutError:
+        logger.debug("closing a control connection idle for {:g}s", idle_timeout)
+    except (anyio.BrokenResourceError, anyio.ClosedResourceError, anyio.EndOfStream, ConnectionError):
+        return
+    except Exception:
+        logger.exception("control connection failed")
+
+
+async def _serve_connection(
+    conn: anyio.abc.SocketStream, handler: Handler, idle_timeout: float, slot: anyio.Semaphore
+) -> None:
+    try:
+        async with conn:
+            await _converse(conn, handler, idle_timeout)
+    finally:
+        slot.release()  # after the close: the cap counts file descriptors, not conversations
+
+
+class _Throttle:
+    """Lets one log line through per ``interval`` seconds for an event that can repeat very fast."""
+
+    def __init__(self, interval: float) -> None:
+        self._interval = interval
+        self._last: float | None = None
+        self._held_back = 0
+
+    def admit(self, now: float) -> int | None:
+        """``None`` to stay quiet this time, else how many occurrences were held back since the last."""
+        if self._last is not None and now - self._last < self._interval:
+            self._held_back += 1
+            return None
+        held_back, self._held_back, self._last = self._held_back, 0, now
+        return held_back
+
+
+async def _refuse(conn: anyio.abc.SocketStream, message: bytes) -> None:
+    async with conn:
+        # A fresh socket's send buffer is empty, so this does not block; the bound is a safety net.
+        with anyio.move_on_after(_REFUSE_TIMEOUT_S):
+            with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError, OSError):
+                await conn.send(message)
+
+
+async def _accept_forever(
+    listener: anyio.abc.SocketListener,
+    tg: anyio.abc.TaskGroup,
+    handler: Handler,
+    max_connections: int,
+    idle_timeout: float,
+) -> None:
+    slots = anyio.Semaphore(max_connections, max_value=max_connections)
+    refusal = _error(f"too many connections (at most {max_connections}); try again later")
+    failures, refusals = _Throttle(_LOG_INTERVAL_S), _Throttle(_LOG_INTERVAL_S)
+    first_pause, longest_pause = _ACCEPT_BACKOFF_S
+    pause = first_pause
+    while True:
+        try:
+            conn = await listener.accept()
+        except (OSError, anyio.BrokenResourceError) as exc:  # ClosedResourceError: we closed it, on exit
+            # anyio turns every accept() OSError (EMFILE, ENFILE, ENOBUFS...) into BrokenResourceError.
+            # The pending connection stays in the backlog and the listener stays readable, so retrying
+            # at once would spin: pause, doubling while it keeps failing.
+            if (held_back := failures.admit(anyio.current_time())) is not None:
+                logger.warning(
+                    "control socket accept failed: {}; retrying in {:g}s ({} similar failures not logged)",
+                    exc.__cause__ or exc, pause, held_back,
+                )  # fmt: skip
+            await anyio.sleep(pause)
+            pause = min(2 * pause, longest_pause)
+            continue
+        pause = first_pause
+        try:
+            slots.acquire_nowait()
+        except anyio.WouldBlock:
+            if (held_back := refusals.admit(anyio.current_time())) is not None:
+                logger.warning(
+                    "control socket: refusing connections beyond {} ({} more refused since the last report)",
+                    max_connections, held_back,
+                )  # fmt: skip
+            await _refuse(conn, refusal)
+            continue
+        tg.start_soon(_serve_connection, conn, handler, idle_timeout, slots)
 
 
 async def serve_control(
@@ -171,30 +314,35 @@ async def serve_control(
     *,
     task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     mode: int = 0o660,
+    max_connections: int | None = None,
+    idle_timeout: float = IDLE_TIMEOUT_S,
 ) -> None:
     """Serve the status socket at ``path`` until cancelled; ``task_status.started()`` once accepting.
 
     ``handler(request)`` gets every well-formed request object (it has a string ``"cmd"``) and
     returns the response object; unknown commands are the handler's to answer with ``ok: false``.
+    At most ``max_connections`` clients are served at once (default: ``default_max_connections()``);
+    a connection is closed after ``idle_timeout`` seconds without a complete request line.
     Raises ``DaemonAlreadyRunning`` when a live daemon answers on ``path``. The file is removed
     on exit (unless another daemon has replaced it meanwhile).
     """
+    cap = default_max_connections() if max_connections is None else max_connections
+    if cap < 1:
+        raise ValueError(f"max_connections must be at least 1, not {cap}")
+    if not idle_timeout > 0:
+        raise ValueError(f"idle_timeout must be positive, not {idle_timeout}")
     path = Path(path)
     _check_length(path)
     await _check_stale(path)
     listener, ident = await _bind(path, mode)
     try:
         async with listener, anyio.create_task_group() as tg:
-            logger.info("control socket listening on {}", path)
+            logger.info(
+                "control socket listening on {} (at most {} connections, idle timeout {:g}s)",
+                path, cap, idle_timeout,
+            )  # fmt: skip
             task_status.started()
-            while True:
-                try:
-                    conn = await listener.accept()
-                except OSError as exc:  # EMFILE and friends: back off, keep serving the others
-                    logger.warning("control socket accept failed: {}", exc)
-                    await anyio.sleep(_ACCEPT_BACKOFF_S)
-                    continue
-                tg.start_soon(_serve_connection, conn, handler)
+            await _accept_forever(listener, tg, handler, cap, idle_timeout)
     finally:
         _remove_if_ours(path, ident)
 
@@ -221,7 +369,9 @@ def query(path: Path | str, request: dict[str, Any], timeout: float = 5.0) -> di
             raise ControlError(f"cannot connect to {path}: {exc}") from exc
         buf = bytearray()
         try:
-            sock.sendall(data)
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                # A daemon at its connection cap answers and hangs up at once: read that answer.
+                sock.sendall(data)
             while b"\n" not in buf:
                 chunk = sock.recv(65536)
                 if not chunk:

@@ -24,7 +24,7 @@ from kloros_orchestrator.runtime.control import MAX_LINE_BYTES, query, serve_con
 @pytest.fixture
 def sock_dir() -> Iterator[Path]:
     # Unix socket paths are limited to 107 bytes and pytest's tmp_path can be longer.
-    path = Path(tempfile.mkdtemp(prefix="k"))
+    path = Path(tempfile.mkdtemp(prefix="kc"))
     yield path
     shutil.rmtree(path, ignore_errors=True)
 
