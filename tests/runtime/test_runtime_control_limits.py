@@ -330,7 +330,7 @@ async def server_process(sock_dir: Path, soft_limit: int, cap: int | None) -> As
 
 
 async def test_idle_flood_under_a_low_descriptor_limit_is_capped_without_emfile(sock_dir: Path) -> None:
-    # The campaign's 1,100 idle clients against RLIMIT_NOFILE 1024, scaled down: 150 against 64.
+    # 1,100 idle clients against RLIMIT_NOFILE 1024 (which killed the daemon), scaled down: 150 against 64.
     with anyio.fail_after(30):
         async with server_process(sock_dir, soft_limit=64, cap=None) as server:
             async with contextlib.AsyncExitStack() as stack:
