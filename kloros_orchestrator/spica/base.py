@@ -25,7 +25,10 @@ from kloros_orchestrator.spica.knobs import (
     Discovered,
     Knob,
     KnobJournal,
+    RestoreTarget,
+    checked_original,
     discover_knob,
+    file_target,
     journal_original,
     write_value,
 )
@@ -170,6 +173,13 @@ class SpicaDomain(abc.ABC):
     the :class:`KnobJournal`, originals first; process knobs are never written anywhere — they shape
     the :class:`WorkloadSpec` (instances, CPU set, nice, scheduling policy, environment).
 
+    Restore: a journal acts only on declared knobs (see ``spica/journal.py``). ``discover()``
+    declares this domain's knobs in its journal; at start-up, before a crashed run's journal is
+    restored, :meth:`restore_targets` declares :meth:`restore_knobs` (every knob the domain may
+    have changed, without probing). A file-less knob is restorable after a crash only when the
+    domain names its journal keys (:meth:`external_keys`); :meth:`restore_external` puts the
+    journaled value back with the domain's own code.
+
     Parallel trials (``max_parallel``): only when :meth:`process_scoped` is true — every usable
     knob has scope ``process`` — may trials of different candidates run at the same time, each
     on its own disjoint CPU set. A domain with any system knob runs one trial at a time: two
@@ -234,12 +244,32 @@ class SpicaDomain(abc.ABC):
         return Discovered(None, None, "no file path and no probe for it")
 
     def journal_external(self, knob: Knob) -> None:
-        """Hook: journal the original of a file-less system knob (with a restore argv)."""
+        """Hook: journal the original of a file-less system knob under one of its
+        :meth:`external_keys` (a ``restore_argv`` given to ``record`` is only run by this process)."""
         raise DomainError(f"{self.name}: knob {knob.name} has no file and no journal hook")
 
     def apply_external(self, knob: Knob, value: Scalar) -> None:
         """Hook: set a file-less system knob."""
         raise DomainError(f"{self.name}: knob {knob.name} has no file and no apply hook")
+
+    def external_keys(self, knob: Knob) -> tuple[str, ...]:
+        """Hook: the journal keys :meth:`journal_external` records a file-less knob under.
+
+        Default none: such a knob's journal entry is restored only by the process that wrote it
+        (with its in-memory restore command); after a crash it is rejected.
+        """
+        return ()
+
+    def restore_external(self, knob: Knob, original: str) -> None:
+        """Hook: put a journaled ``original`` of a file-less knob back. Raise ValueError for a value
+        the knob cannot have (the entry is then rejected). Default: apply the decoded original."""
+        self.apply_external(knob, knob.decode(checked_original(knob, original)))
+
+    def restore_knobs(self) -> list[Knob]:
+        """Hook: every system knob whose original this domain may have journaled on this host, as
+        declared at start-up, before discovery (default :meth:`declare_knobs`). A domain whose files
+        depend on a choice made at discovery (which disk) declares every possibility here."""
+        return self.declare_knobs()
 
     def normalize_genome(self, genome: Genome) -> Genome:
         """Hook: fix combinations the host would refuse (values are already range-checked)."""
@@ -329,6 +359,7 @@ class SpicaDomain(abc.ABC):
         names = [k.name for k in declared]
         if len(set(names)) != len(names):
             raise DomainError(f"{self.name}: duplicate knob names in {names}")
+        self.journal.declare(self.restore_targets(declared))
         for knob in declared:
             found = (
                 self.discover_external(knob)
@@ -434,8 +465,27 @@ class SpicaDomain(abc.ABC):
 
     @final
     def restore(self) -> list[str]:
-        """Write back every original this domain journaled; return problems (entries kept)."""
+        """Write back every original this domain journaled; return problems (failed entries kept,
+        entries that are not this domain's declared knobs moved aside)."""
         return self.journal.restore(domain=self.name)
+
+    @final
+    def restore_targets(self, knobs: Sequence[Knob] | None = None) -> list[RestoreTarget]:
+        """Where journaled originals of this domain's system knobs (default :meth:`restore_knobs`)
+        may be put back: each file resolved under ``sysfs_root`` now, or the external keys with
+        :meth:`restore_external`. The journal acts on nothing else."""
+        out: list[RestoreTarget] = []
+        for knob in self.restore_knobs() if knobs is None else knobs:
+            if knob.scope != "system":
+                continue
+            if knob.path is not None:
+                out.append(file_target(self.name, knob, self.sysfs_root))
+                continue
+            keys = frozenset(self.external_keys(knob))
+            if keys:
+                put = functools.partial(_put_external, self, knob)
+                out.append(RestoreTarget(self.name, knob.name, keys, put))
+        return out
 
     @final
     def build_workload(
@@ -479,6 +529,10 @@ class SpicaDomain(abc.ABC):
     def telemetry(self, event: str, **fields: Any) -> dict[str, Any]:
         """An event record for events.jsonl: ``{"ts", "event", "domain", ...fields}``."""
         return {"ts": time.time(), "event": event, "domain": self.name, **fields}
+
+
+def _put_external(domain: SpicaDomain, knob: Knob, key: str, original: str) -> None:
+    domain.restore_external(knob, original)
 
 
 def _resolve_instances(spec: StressorSpec, auto: int, domain: str) -> StressorSpec:

@@ -5,12 +5,18 @@ file under ``sysfs_root`` holds it and how that file is read and written. Discov
 (:func:`discover_knob`) keeps only knobs this host really exposes and can write. Every write goes
 through :class:`~kloros_orchestrator.spica.journal.KnobJournal` first (``spica/journal.py``, whose
 names this module re-exports): the original is stored durably before anything changes.
+
+Knob files are read and written only through the confined primitives (:func:`read_knob`,
+:func:`write_knob`): never through a symlink out of ``sysfs_root``'s kernel trees. A journal restores
+a file knob only through its :func:`file_target` (the files resolved when the knob was declared),
+writing the journaled original once :func:`checked_original` has found it to be a value of the knob.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import numbers
 import os
@@ -22,12 +28,16 @@ from typing import Any, Final, Literal
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.model import Scalar
 from kloros_orchestrator.spica.journal import (
+    ALLOWED_PREFIXES,
     JournalEntry,
     KnobJournal,
+    RefusedPath,
+    RestoreTarget,
     Runner,
+    read_knob,
     read_text,
     run_argv,
-    write_text,
+    write_knob,
 )
 
 __all__ = [
@@ -42,16 +52,22 @@ __all__ = [
     "Knob",
     "KnobJournal",
     "KnobType",
+    "RefusedPath",
+    "RestoreTarget",
     "Runner",
     "Scope",
     "apply_system",
+    "checked_original",
     "discover_knob",
+    "file_target",
     "journal_original",
     "knob_from_declaration",
     "probe",
+    "read_knob",
     "read_text",
+    "restore_file",
     "run_argv",
-    "write_text",
+    "write_knob",
     "write_value",
 ]
 
@@ -62,13 +78,12 @@ FileFormat = Literal["plain", "bracket"]
 KNOB_TYPES: Final = ("int", "float", "choice", "bool")
 SCOPES: Final = ("system", "process")
 FILE_FORMATS: Final = ("plain", "bracket")
-# System knobs live in kernel tunables only; nothing else under sysfs_root may be written.
-ALLOWED_PREFIXES: Final = ("proc/sys/", "sys/")
 ENV_PREFIX: Final = "KLR_KNOB_"
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _ENV_RE = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 _BRACKET_RE = re.compile(r"\[([^\]\s]+)\]")
+_TOKEN_RE = re.compile(r"^[A-Za-z0-9_.:+-]{1,64}$")  # a host-listed choice ("mq-deadline", "low-power")
 _CPU_DIR_RE = re.compile(r"^cpu(\d+)$")
 _TRUE = ("1", "y", "yes", "on", "true")
 _FALSE = ("0", "n", "no", "off", "false")
@@ -321,7 +336,7 @@ def probe(knob: Knob, sysfs_root: Path) -> tuple[bool, str]:
         return False, found.reason
     if knob.scope == "process":
         return True, ""
-    return True, read_text(knob.resolve_paths(sysfs_root)[0])
+    return True, read_knob(knob.resolve_paths(sysfs_root)[0], sysfs_root)
 
 
 def discover_knob(knob: Knob, sysfs_root: Path) -> Discovered:
@@ -333,12 +348,14 @@ def discover_knob(knob: Knob, sysfs_root: Path) -> Discovered:
     paths = knob.resolve_paths(sysfs_root)
     texts: list[str] = []
     for p in paths:
-        if not p.exists():
+        if not p.exists() and not p.is_symlink():
             return Discovered(None, None, f"absent ({p})")
         if not p.is_file():
             return Discovered(None, None, f"not a regular file ({p})")
         try:
-            texts.append(read_text(p))
+            texts.append(read_knob(p, sysfs_root))
+        except RefusedPath as exc:
+            return Discovered(None, None, str(exc))
         except (OSError, UnicodeDecodeError) as exc:
             return Discovered(None, None, f"unreadable ({p}: {exc})")
         if not os.access(p, os.W_OK):
@@ -360,7 +377,9 @@ def discover_knob(knob: Knob, sysfs_root: Path) -> Discovered:
         fitted = _widen_to(knob, stock)
     for p, text in zip(paths, texts, strict=True):
         try:
-            write_text(p, knob.restore_text(text))
+            write_knob(p, knob.restore_text(text), sysfs_root)
+        except RefusedPath as exc:
+            return Discovered(None, None, str(exc))
         except OSError as exc:
             return Discovered(None, None, f"not writable ({p}: {exc.strerror or exc})")
     return Discovered(fitted, stock)
@@ -373,8 +392,8 @@ def _fit_choices(knob: Knob, text: str, sysfs_root: Path) -> tuple[Knob | None, 
         offered = knob.host_choices(text)
     elif knob.choices_path is not None:
         try:
-            offered = tuple(read_text(Path(sysfs_root) / knob.choices_path).split())
-        except (OSError, UnicodeDecodeError):
+            offered = tuple(read_knob(Path(sysfs_root) / knob.choices_path, sysfs_root).split())
+        except (OSError, UnicodeDecodeError, RefusedPath):
             offered = None
     if offered is None:
         if not knob.choices:
@@ -409,7 +428,7 @@ def _widen_to(knob: Knob, stock: Scalar) -> Knob:
 def journal_original(knob: Knob, sysfs_root: Path, journal: KnobJournal, domain: str) -> None:
     """Journal the current text of every file of a system ``knob`` (no write)."""
     for p in knob.resolve_paths(sysfs_root):
-        text = read_text(p)
+        text = read_knob(p, sysfs_root)
         journal.record(str(p), text, domain, knob.name, restore=knob.restore_text(text))
 
 
@@ -417,7 +436,39 @@ def write_value(knob: Knob, value: Scalar, sysfs_root: Path) -> None:
     """Write ``value`` to every file of ``knob``; the caller journaled the originals before."""
     text = knob.encode(knob.coerce(value))
     for p in knob.resolve_paths(sysfs_root):
-        write_text(p, text)
+        write_knob(p, text, sysfs_root)
+
+
+# --- restoring from a journal ------------------------------------------------------------------------
+def checked_original(knob: Knob, original: str) -> str:
+    """The text that puts a journaled ``original`` of ``knob`` back; ValueError when it cannot be one
+    of this knob's values (the journal supplies a value, never anything else)."""
+    if "\0" in original or len(original) > 4096:
+        raise ValueError(f"{knob.name}: not a knob value")
+    text = knob.restore_text(original)
+    value = knob.decode(text)  # ValueError when it does not parse as the knob's type
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{knob.name}: {value!r} is not finite")
+    if knob.type == "choice":
+        token = knob.token(text)
+        if knob.choices and token not in map(str, knob.choices):
+            raise ValueError(f"{knob.name}: {token!r} is not one of {list(knob.choices)!r}")
+        if not _TOKEN_RE.match(token) or len(text.split()) != 1:
+            raise ValueError(f"{knob.name}: {text!r} is not a single choice")
+    return text
+
+
+def restore_file(knob: Knob, sysfs_root: Path, path: str, original: str) -> None:
+    """Put ``original`` back into ``path``, one of the knob's declared files (confined write)."""
+    write_knob(Path(path), checked_original(knob, original), sysfs_root)
+
+
+def file_target(domain: str, knob: Knob, sysfs_root: Path) -> RestoreTarget:
+    """The restore target of a file-backed system knob: its files as resolved under ``sysfs_root`` now."""
+    if knob.scope != "system" or knob.path is None:
+        raise DomainError(f"{knob.name}: not a file-backed system knob")
+    keys = frozenset(str(p) for p in knob.resolve_paths(sysfs_root))
+    return RestoreTarget(domain, knob.name, keys, functools.partial(restore_file, knob, Path(sysfs_root)))
 
 
 def apply_system(knob: Knob, value: Scalar, sysfs_root: Path, journal: KnobJournal, domain: str) -> None:

@@ -1,4 +1,9 @@
-"""The domain registry: the only way D-REAM and PHASE find a domain, and it holds SPICA classes only."""
+"""The domain registry: the only way D-REAM and PHASE find a domain, and it holds SPICA classes only.
+
+It also opens the start-up journal (:func:`open_journal`): the knobs of every registered domain
+class are declared as restore targets before a crashed run's journal is restored, so that journal
+is restored from declarations, never from what its files say to do.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +11,16 @@ import importlib
 import inspect
 import pkgutil
 import re
+from collections.abc import Mapping
+from pathlib import Path
 from types import ModuleType
-from typing import TypeVar
+from typing import Any, TypeVar
+
+from loguru import logger
 
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.spica.base import SpicaDomain
+from kloros_orchestrator.spica.journal import KnobJournal, Runner
 
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 _REGISTRY: dict[str, type[SpicaDomain]] = {}
@@ -101,3 +111,55 @@ def all_reachable_domains() -> list[type]:
     for cls in _REGISTRY.values():
         seen[_qualname(cls)] = cls
     return list(seen.values())
+
+
+def declare_restore_targets(
+    journal: KnobJournal,
+    *,
+    sysfs_root: Path,
+    scratch_root: Path,
+    domain_options: Mapping[str, Mapping[str, Any]] | None = None,
+) -> list[str]:
+    """Declare in ``journal`` the restorable knobs of every registered domain; return problems.
+
+    Each class is built with its ``domain_options`` (``kind`` dropped) but not discovered: nothing is
+    probed or written. A domain that cannot be built is reported and skipped; its journal entries are
+    then rejected by the restore, the others' still restored.
+    """
+    problems: list[str] = []
+    options = domain_options or {}
+    for name in available_domains():
+        opts = {k: v for k, v in options.get(name, {}).items() if k != "kind"}
+        try:
+            dom = _REGISTRY[name](
+                sysfs_root=Path(sysfs_root),
+                journal=journal,
+                regimes={},
+                scratch_dir=Path(scratch_root) / name,
+                options=opts,
+            )
+            journal.declare(dom.restore_targets())
+        except Exception as exc:  # any domain's bug must not stop the other domains' knobs coming back
+            problems.append(f"domain {name}: its knobs cannot be declared for restore: {exc!r}")
+    return problems
+
+
+def open_journal(
+    directory: Path,
+    *,
+    sysfs_root: Path,
+    scratch_root: Path,
+    domain_options: Mapping[str, Mapping[str, Any]] | None = None,
+    runner: Runner | None = None,
+) -> KnobJournal:
+    """The journal in ``directory`` with every registered domain's knobs declared (start-up).
+
+    Call it after every domain the configuration defines is registered, before restoring the
+    journal of a crashed run (``restore_all``) and before any domain is discovered.
+    """
+    journal = KnobJournal(directory, runner=runner)
+    for problem in declare_restore_targets(
+        journal, sysfs_root=sysfs_root, scratch_root=scratch_root, domain_options=domain_options
+    ):
+        logger.error("{}", problem)
+    return journal

@@ -267,9 +267,23 @@ class SpicaDomainContract:
             if knob.scope == "system" and knob.path is not None:
                 for p in knob.resolve_paths(root):
                     assert str(knob.decode(p.read_text())) == str(genome[knob.name]), knob.name
-        journaled = {e.path: e.original for e in domain.journal.pending() if e.restore_argv is None}
+        journaled = {e.path: e.original for e in domain.journal.pending() if e.path.startswith("/")}
         assert journaled == originals
+        assert all(e.restore_argv is None for e in domain.journal.pending())  # no command on disk
         domain.restore()
+
+    def test_a_crashed_runs_journal_is_restored_from_declarations_alone(
+        self, domain: SpicaDomain, root: Path, tmp_path: Path
+    ) -> None:
+        before = self.snapshot(root, domain)
+        domain.apply(self.changed_genome(domain))
+        # The next start-up: a new journal on the same directory, a fresh instance never discovered;
+        # restore_knobs() must cover every knob apply journals, or the entry would be rejected.
+        journal = self.make_journal(tmp_path / "journal")
+        journal.declare(self.make_domain(root, tmp_path, journal=journal).restore_targets())
+        assert journal.restore_all() == []
+        assert self.snapshot(root, domain) == before
+        assert journal.pending() == [] and not list((tmp_path / "journal").glob("*.rejected-*"))
 
     def test_restore_brings_back_the_exact_original_state(self, domain: SpicaDomain, root: Path) -> None:
         before = self.snapshot(root, domain)

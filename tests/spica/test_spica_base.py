@@ -71,14 +71,14 @@ def test_failed_apply_restores_what_was_written(tmp_path: Path, monkeypatch: pyt
     dom = make(TwoFiles, tmp_path)
     dom.discover()
     before = comparable(root, set())
-    real = knobs_mod.write_text
+    real = knobs_mod.write_knob
 
-    def fail_on_b(path: Path, text: str) -> None:
+    def fail_on_b(path: Path, text: str, sysfs_root: Path) -> None:
         if path.name == "b" and text == "50":
             raise OSError(22, "Invalid argument")
-        real(path, text)
+        real(path, text, sysfs_root)
 
-    monkeypatch.setattr(knobs_mod, "write_text", fail_on_b)
+    monkeypatch.setattr(knobs_mod, "write_knob", fail_on_b)
     with pytest.raises(DomainError, match="applying b failed"):
         dom.apply({"a": 50, "b": 50})
     assert comparable(root, set()) == before

@@ -16,6 +16,7 @@ from kloros_orchestrator.spica import (
     make_generic_domain,
     unregister,
 )
+from kloros_orchestrator.spica.registry import open_journal
 from kloros_orchestrator.testing import comparable, load_regimes, write_tree
 
 OPTIONS: dict[str, Any] = {
@@ -109,3 +110,19 @@ def test_generic_refusals(generic_name: str) -> None:
     with pytest.raises(DomainError, match="needs kpis"):
         make_generic_domain("cmd", {"workload": {"command": ["prog"]}})
     assert "escape" not in available_domains() and "cmd" not in available_domains()
+
+
+def test_a_generic_domains_crash_journal_is_restored_at_start_up(tmp_path: Path, generic_name: str) -> None:
+    """Its knobs come from the configuration, which registers the class before the journal is opened."""
+    cls = make_generic_domain(generic_name, OPTIONS)
+    root = tmp_path / "sysfs"
+    write_tree(
+        root, {"proc/sys/net/core/rmem_max": "212992\n", "proc/sys/net/core/default_qdisc": "fq_codel\n"}
+    )
+    before = comparable(root, set())
+    dom = cls(sysfs_root=root, journal=KnobJournal(tmp_path / "j"), regimes={}, scratch_dir=tmp_path / "s")
+    dom.discover()
+    dom.apply({"rmem_max": 4096, "qdisc": "fq"})  # then the run dies without restoring
+    journal = open_journal(tmp_path / "j", sysfs_root=root, scratch_root=tmp_path / "s")
+    assert journal.restore_all() == []
+    assert comparable(root, set()) == before and journal.pending() == []

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+import json
 import shutil
 import subprocess
 from collections.abc import Sequence
@@ -94,11 +96,33 @@ def test_apply_and_restore_build_the_right_argv(tmp_path: Path) -> None:
     dom.apply({"power_limit_w": 180.5, "graphics_clock_mhz": 1800})
     sets = [c for c in fake.calls if not c[3].startswith("--query")]
     assert sets == [[TOOL, "-i", "0", "-pl", "180.50"], [TOOL, "-i", "0", "-ac", "5001,1800"]]
-    argvs = sorted(tuple(e.restore_argv or ()) for e in dom.journal.pending())
-    assert argvs == [(TOOL, "-i", "0", "-ac", "5001,1500"), (TOOL, "-i", "0", "-pl", "250.00")]
-    # A fresh journal restores it without the domain (crash path).
-    assert KnobJournal(tmp_path / "journal", runner=fake).restore_all() == []
+    pending = {e.path: e.original for e in dom.journal.pending()}
+    assert pending == {"nvidia-smi:gpu0:power_limit_w": "250.0", "nvidia-smi:gpu0:graphics_clock_mhz": "1500"}
+    assert all(e.restore_argv is None for e in dom.journal.pending())  # values, never commands
+    # The crash path: a fresh journal restores through a fresh instance's declared knobs, building
+    # the argv from its own tool and index and the journaled value.
+    journal = KnobJournal(tmp_path / "journal", runner=fake)
+    journal.declare(make(tmp_path, fake).restore_targets())
+    fake.calls.clear()
+    assert journal.restore_all() == []
+    sets = [c for c in fake.calls if not c[3].startswith("--query")]
+    assert sets == [[TOOL, "-i", "0", "-pl", "250.00"], [TOOL, "-i", "0", "-ac", "5001,1500"]]
     assert fake.state["power.limit"] == "250.00" and fake.state["clocks.applications.graphics"] == "1500"
+
+
+def test_a_planted_gpu_entry_is_only_a_value(tmp_path: Path) -> None:
+    fake = FakeNvidiaSmi()
+    journal = KnobJournal(tmp_path / "journal", runner=fake)
+    journal.declare(make(tmp_path, fake).restore_targets())
+    for key, original in (("power_limit_w", "$(reboot)"), ("graphics_clock_mhz", "1e9")):
+        path = f"nvidia-smi:gpu0:{key}"
+        entry = {"path": path, "original": original, "domain": "gpu", "knob": key,
+                 "restore_argv": ["/bin/sh", "-c", "reboot"]}  # fmt: skip
+        name = hashlib.sha1(path.encode()).hexdigest() + ".json"
+        (tmp_path / "journal" / name).write_text(json.dumps(entry))
+    problems = journal.restore_all()
+    assert len(problems) == 2 and all("rejected" in p for p in problems)
+    assert fake.calls == [] and journal.pending() == []  # nothing ran, both moved aside
 
 
 def test_no_gpu_is_unsupported_with_reason(tmp_path: Path) -> None:

@@ -77,10 +77,10 @@ def test_probe_reports_why_a_knob_is_unusable(tmp_path: Path, monkeypatch: pytes
     assert "unparseable" in probe(SWAP, tmp_path)[1]
     (tmp_path / "proc/sys/vm/swappiness").write_text("60\n")
 
-    def refuse(path: Path, text: str) -> None:
+    def refuse(path: Path, text: str, sysfs_root: Path) -> None:
         raise PermissionError(13, "Permission denied")
 
-    monkeypatch.setattr(knobs_mod, "write_text", refuse)
+    monkeypatch.setattr(knobs_mod, "write_knob", refuse)
     ok, reason = probe(SWAP, tmp_path)
     assert not ok and "not writable" in reason and "Permission denied" in reason
     monkeypatch.setattr("kloros_orchestrator.spica.knobs.os.access", lambda p, mode: False)
@@ -90,13 +90,13 @@ def test_probe_reports_why_a_knob_is_unusable(tmp_path: Path, monkeypatch: pytes
 def test_probe_writes_back_only_the_same_value(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_tree(tmp_path, {"sys/kernel/mm/transparent_hugepage/enabled": "always [madvise] never\n"})
     writes: list[str] = []
-    real = knobs_mod.write_text
+    real = knobs_mod.write_knob
 
-    def recording_write(path: Path, text: str) -> None:
+    def recording_write(path: Path, text: str, sysfs_root: Path) -> None:
         writes.append(text)
-        real(path, text)
+        real(path, text, sysfs_root)
 
-    monkeypatch.setattr(knobs_mod, "write_text", recording_write)
+    monkeypatch.setattr(knobs_mod, "write_knob", recording_write)
     found = discover_knob(THP, tmp_path)
     assert found.stock == "madvise" and writes == ["madvise"]
 
@@ -148,13 +148,13 @@ def test_apply_system_journals_durably_before_writing(
     write_tree(tmp_path, {"proc/sys/vm/swappiness": "60\n"})
     journal = KnobJournal(tmp_path / "journal")
     seen: list[int] = []
-    real = knobs_mod.write_text
+    real = knobs_mod.write_knob
 
-    def checking_write(path: Path, text: str) -> None:
+    def checking_write(path: Path, text: str, sysfs_root: Path) -> None:
         seen.append(len(list((tmp_path / "journal").glob("*.json"))))
-        real(path, text)
+        real(path, text, sysfs_root)
 
-    monkeypatch.setattr(knobs_mod, "write_text", checking_write)
+    monkeypatch.setattr(knobs_mod, "write_knob", checking_write)
     apply_system(SWAP, 10, tmp_path, journal, "memory")
     assert seen == [1]
     assert (tmp_path / "proc/sys/vm/swappiness").read_text() == "10"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 import subprocess
 from typing import ClassVar
@@ -16,6 +17,7 @@ from kloros_orchestrator.spica.registry import register
 
 POWER = "power_limit_w"
 CLOCK = "graphics_clock_mhz"
+_MAX_SETTING = 100_000  # no board draws 100 kW or clocks at 100 GHz
 _QUERY = (
     "power.limit,power.min_limit,power.max_limit,"
     "clocks.applications.memory,clocks.applications.graphics,clocks.max.graphics"
@@ -33,8 +35,10 @@ def _number(text: str) -> float | None:
 class SpicaGpu(SpicaDomain):
     """Power limit (``nvidia-smi -pl``) and graphics application clock (``-ac MEM,GR``) of one GPU.
 
-    Originals come from ``nvidia-smi --query-gpu`` and are journaled as the argv that sets them
-    back, so a crash journal restores without this class. Runs go through ``journal.runner``.
+    Originals come from ``nvidia-smi --query-gpu`` and are journaled as values under the key
+    ``nvidia-smi:gpu<index>:<knob>``; a restore (also of a crashed run's journal, at start-up)
+    builds the argv from this domain's configured tool and index and the value, never from the
+    journal. Runs go through ``journal.runner``.
     """
 
     name: ClassVar[str] = "gpu"
@@ -56,8 +60,12 @@ class SpicaGpu(SpicaDomain):
         return str(explicit) if explicit else shutil.which("nvidia-smi")
 
     def _base(self) -> list[str]:
-        assert self.tool is not None
+        if self.tool is None:
+            raise DomainError("gpu: nvidia-smi not found")
         return [self.tool, "-i", str(self.options.get("gpu_index", 0))]
+
+    def _key(self, knob: str) -> str:
+        return f"nvidia-smi:gpu{self.options.get('gpu_index', 0)}:{knob}"
 
     def unsupported_reason(self) -> str | None:
         if self.tool is None:
@@ -122,13 +130,21 @@ class SpicaGpu(SpicaDomain):
         if original is None:
             raise DomainError(f"gpu: cannot read the current {knob.name}")
         value: Scalar = original if knob.type == "float" else int(original)
-        self.journal.record(
-            f"nvidia-smi:gpu{self.options.get('gpu_index', 0)}:{knob.name}",
-            repr(original),
-            self.name,
-            knob.name,
-            restore_argv=self._set_argv(knob.name, value, cur),
-        )
+        self.journal.record(self._key(knob.name), knob.encode(value), self.name, knob.name)
 
     def apply_external(self, knob: Knob, value: Scalar) -> None:
         self.journal.runner(self._set_argv(knob.name, value, self.query()))
+
+    def restore_knobs(self) -> list[Knob]:
+        # Declared before any query (start-up restore): the ranges are only plausibility bounds.
+        top = _MAX_SETTING
+        return [Knob(POWER, "float", low=1.0, high=top), Knob(CLOCK, "int", low=1, high=top)]
+
+    def external_keys(self, knob: Knob) -> tuple[str, ...]:
+        return (self._key(knob.name),)
+
+    def restore_external(self, knob: Knob, original: str) -> None:
+        value = float(original)  # older journals wrote the clock as "1500.0"; anything else: ValueError
+        if not (math.isfinite(value) and 0 < value <= _MAX_SETTING):
+            raise ValueError(f"{knob.name}: {original!r} is not a plausible setting")
+        self.apply_external(knob, value if knob.name == POWER else round(value))

@@ -13,7 +13,7 @@ from loguru import logger
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.model import Genome
 from kloros_orchestrator.spica.base import SpicaDomain
-from kloros_orchestrator.spica.knobs import Knob, read_text
+from kloros_orchestrator.spica.knobs import Knob, RefusedPath, read_knob
 from kloros_orchestrator.spica.registry import register
 
 _VM = "proc/sys/vm"
@@ -34,6 +34,31 @@ def device_of(path: Path, sysfs_root: Path) -> str | None:
         return None
     # A partition's directory sits inside its disk's directory and has a "partition" file.
     return target.parent.name if (target / "partition").exists() else target.name
+
+
+def _queue_knobs(dev: str) -> list[Knob]:
+    q = f"sys/block/{dev}/queue"
+    return [
+        # The scheduler comes first: writing it resets nr_requests, so nr_requests is
+        # written after it (apply order) and restored after it (journal order).
+        Knob("io_scheduler", "choice", fmt="bracket", path=f"{q}/scheduler",
+             description=f"I/O scheduler of {dev} (choices offered by the kernel)"),
+        Knob("read_ahead_kb", "int", low=16, high=4096, log=True, path=f"{q}/read_ahead_kb",
+             description=f"read-ahead of {dev}"),
+        Knob("nr_requests", "int", low=32, high=1024, log=True, path=f"{q}/nr_requests",
+             description=f"request queue depth of {dev}"),
+    ]  # fmt: skip
+
+
+def _vm_knobs() -> list[Knob]:
+    return [
+        Knob("dirty_ratio", "int", low=5, high=60, path=f"{_VM}/dirty_ratio",
+             description="vm.dirty_ratio: % of memory dirty before writers block"),
+        Knob("dirty_background_ratio", "int", low=1, high=30, path=f"{_VM}/dirty_background_ratio",
+             description="vm.dirty_background_ratio: % dirty before background writeback"),
+        Knob("dirty_expire_centisecs", "int", low=500, high=6000, log=True,
+             path=f"{_VM}/dirty_expire_centisecs", description="vm.dirty_expire_centisecs"),
+    ]  # fmt: skip
 
 
 def pick_device(sysfs_root: Path, near: Path, requested: str | None) -> tuple[str | None, str]:
@@ -83,35 +108,26 @@ class SpicaStorage(SpicaDomain):
         if dev is None:
             logger.info("storage: no block device to tune: {}", self.device_reason)
         else:
-            q = f"sys/block/{dev}/queue"
-            knobs += [
-                # The scheduler comes first: writing it resets nr_requests, so nr_requests is
-                # written after it (apply order) and restored after it (journal order).
-                Knob("io_scheduler", "choice", fmt="bracket", path=f"{q}/scheduler",
-                     description=f"I/O scheduler of {dev} (choices offered by the kernel)"),
-                Knob("read_ahead_kb", "int", low=16, high=4096, log=True, path=f"{q}/read_ahead_kb",
-                     description=f"read-ahead of {dev}"),
-                Knob("nr_requests", "int", low=32, high=1024, log=True, path=f"{q}/nr_requests",
-                     description=f"request queue depth of {dev}"),
-            ]
-            self._hw_depth = self._stock_depth_without_scheduler(q)
-        knobs += [
-            Knob("dirty_ratio", "int", low=5, high=60, path=f"{_VM}/dirty_ratio",
-                 description="vm.dirty_ratio: % of memory dirty before writers block"),
-            Knob("dirty_background_ratio", "int", low=1, high=30, path=f"{_VM}/dirty_background_ratio",
-                 description="vm.dirty_background_ratio: % dirty before background writeback"),
-            Knob("dirty_expire_centisecs", "int", low=500, high=6000, log=True,
-                 path=f"{_VM}/dirty_expire_centisecs", description="vm.dirty_expire_centisecs"),
-        ]
-        return knobs
+            knobs += _queue_knobs(dev)
+            self._hw_depth = self._stock_depth_without_scheduler(f"sys/block/{dev}/queue")
+        return knobs + _vm_knobs()
+
+    def restore_knobs(self) -> list[Knob]:
+        # A crashed run may have tuned another disk (another device option or state dir): every
+        # disk's queue knobs are declared, so its journal entries are restored, not rejected.
+        names: list[str] = []
+        with contextlib.suppress(OSError):
+            block = self.sysfs_root / "sys/block"
+            names = sorted(p.name for p in block.iterdir() if _DEV_NAME.match(p.name))
+        return [k for dev in names for k in _queue_knobs(dev)] + _vm_knobs()
 
     def _stock_depth_without_scheduler(self, queue: str) -> int | None:
         # Without an elevator the kernel refuses nr_requests above the hardware tag depth; that
         # depth is only known when the device runs without a scheduler now (its nr_requests).
-        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError):
-            sched = read_text(self.sysfs_root / queue / "scheduler")
+        with contextlib.suppress(OSError, UnicodeDecodeError, ValueError, RefusedPath):
+            sched = read_knob(self.sysfs_root / queue / "scheduler", self.sysfs_root)
             if "[none]" in sched:
-                return int(read_text(self.sysfs_root / queue / "nr_requests").strip())
+                return int(read_knob(self.sysfs_root / queue / "nr_requests", self.sysfs_root).strip())
         return None
 
     def normalize_genome(self, genome: Genome) -> Genome:
