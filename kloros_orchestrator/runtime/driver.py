@@ -30,6 +30,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from functools import partial
 from datetime import UTC, datetime
 from typing import Any, assert_never
 
@@ -97,8 +98,7 @@ from kloros_orchestrator.runtime.workloads import (
     kill_all_running_now,
     stress_ng_version,
 )
-from kloros_orchestrator.spica.knobs import KnobJournal
-from kloros_orchestrator.spica.registry import available_domains
+from kloros_orchestrator.spica.registry import available_domains, open_journal
 from kloros_orchestrator.store import StatePaths, append_jsonl
 
 WINDOW_RECHECK_S = 600.0  # re-evaluate the calendar at least this often (clock jumps, DST)
@@ -153,7 +153,17 @@ class Daemon:
             "kloros-orchestrator {} starting (pid {}, state {})", __version__, os.getpid(), self.paths.root
         )
         self.saved = load_saved_state(self.paths.runtime_state, now=self.started_at)
-        self.journal = KnobJournal(self.paths.journal)
+        # Restore targets come from the declared knobs of every registered domain, never from the
+        # journal's own contents (entries are data: they only supply the value).
+        self.journal = await anyio.to_thread.run_sync(
+            partial(
+                open_journal,
+                self.paths.journal,
+                sysfs_root=self.loaded.sysfs_root,
+                scratch_root=self.paths.scratch,
+                domain_options=self.cfg.domain_options,
+            )
+        )
         for p in await anyio.to_thread.run_sync(self.journal.restore_all):
             logger.error("knob restore at start-up: {}", p)
         self.stress_ng = find_stress_ng()
