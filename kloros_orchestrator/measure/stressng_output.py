@@ -154,8 +154,12 @@ def latency_kpis(percentiles: Mapping[float, float]) -> dict[str, float]:
     """p50/p95/p99 in microseconds, linearly interpolated between the bracketing printed percentiles.
 
     stress-ng prints 25, 50, 75, 90, 95.40, 99, 99.5, 99.9, 99.99; a KPI whose percentile is not
-    printed and not bracketed by two printed ones is omitted.
+    printed and not bracketed by two printed ones is omitted. Raises ``MissingMetrics`` when a
+    printed latency is not a finite number >= 0 (a value too long for a float overflows to inf).
     """
+    for pct, printed in percentiles.items():
+        if not (math.isfinite(pct) and math.isfinite(printed) and printed >= 0):
+            raise MissingMetrics(f"cyclic {pct:g}% latency {printed!r} ns is not a finite number >= 0")
     kpis: dict[str, float] = {}
     for kpi, target in LATENCY_PERCENTILES.items():
         ns = _interpolate(percentiles, target)
@@ -165,10 +169,21 @@ def latency_kpis(percentiles: Mapping[float, float]) -> dict[str, float]:
 
 
 def throughput(metrics: Iterable[StressorMetric], exclude: Iterable[str] = (PROBE_STRESSOR,)) -> float | None:
-    """Sum of bogo-ops per second (real time) over workload stressors; None when there are none."""
+    """Sum of bogo-ops per second (real time) over workload stressors; None when there are none.
+
+    Raises ``MissingMetrics`` when a rate is not a finite number >= 0, or when the sum overflows.
+    """
     excluded = set(exclude)
-    rates = [m.bogo_ops_per_s_real for m in metrics if m.stressor not in excluded]
-    return sum(rates) if rates else None
+    rates = [(m.stressor, m.bogo_ops_per_s_real) for m in metrics if m.stressor not in excluded]
+    for name, rate in rates:
+        if not (math.isfinite(rate) and rate >= 0):
+            raise MissingMetrics(f"{name}: bogo-ops/s rate {rate!r} is not a finite number >= 0")
+    if not rates:
+        return None
+    total = sum(rate for _, rate in rates)
+    if not math.isfinite(total):
+        raise MissingMetrics(f"throughput overflows: the sum of {len(rates)} bogo-ops/s rates is {total!r}")
+    return total
 
 
 def short_run_reason(

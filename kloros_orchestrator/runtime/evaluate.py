@@ -2,12 +2,15 @@
 
 The trial is the unit both D-REAM and PHASE are built from. Everything measured comes from the
 stress-ng YAML (throughput), the cyclic probe's percentile lines (latency), and the sensor sampler
-(temperature, power). Absent sensors leave their KPI absent. A failed, short or cap-breaching trial
-is returned as ``ok=False`` with its reason; its numbers are never used.
+(temperature, power). Absent sensors leave their KPI absent. Every KPI a trial returns is a finite
+number, and >= 0 except a temperature in °C: anything else (a negative rate, NaN, an overflow to
+infinity) is no measurement and fails the trial with its reason. A failed, short or cap-breaching
+trial is returned as ``ok=False`` with its reason; its numbers are never used.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -17,15 +20,38 @@ import anyio
 import msgspec
 from loguru import logger
 
-from kloros_orchestrator.errors import DomainError, ToolMissing, WorkloadFailed
+from kloros_orchestrator.errors import DomainError, MissingMetrics, ToolMissing, WorkloadFailed
 from kloros_orchestrator.measure.caps import CapLimit, check_caps
 from kloros_orchestrator.measure.sensors import Sensors, TrialSampler
 from kloros_orchestrator.measure.stressng_output import latency_kpis, parse_cyclic_percentiles, throughput
-from kloros_orchestrator.model import THROUGHPUT, Genome, TrialResult
+from kloros_orchestrator.model import TEMP, THROUGHPUT, Genome, TrialResult
 from kloros_orchestrator.runtime.workloads import run_stress_ng
 from kloros_orchestrator.spica.base import SpicaDomain
 
 SAMPLE_PERIOD_S = 0.5  # live cap checks at 2 Hz (the contract asks for at least 1 Hz)
+
+
+# KPIs on a scale where a negative value is a real reading (the sensors accept down to -50 °C).
+SIGNED_KPIS = frozenset({TEMP})
+
+
+def kpi_problems(kpis: Mapping[str, object]) -> list[str]:
+    """``invalid KPI <name>: <value> (<why>)`` for every KPI that is not a finite number, or is
+    negative (except ``SIGNED_KPIS``): rates, counts, latencies and watts cannot be."""
+    problems: list[str] = []
+    for name, value in kpis.items():
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            why = f"not a number but {type(value).__name__}"
+        elif math.isnan(value):
+            why = "not a number"
+        elif math.isinf(value):
+            why = "infinite: an overflow"
+        elif value < 0 and name not in SIGNED_KPIS:
+            why = "negative"
+        else:
+            continue
+        problems.append(f"invalid KPI {name}: {value!r} ({why})")
+    return problems
 
 
 @dataclass
@@ -170,5 +196,7 @@ class Evaluator:
             if workload.probe:
                 kpis.update(latency_kpis(parse_cyclic_percentiles(run.log_text)))
         kpis.update(sensor_kpis)
+        problems = kpi_problems(kpis)
+        if problems:
+            raise MissingMetrics("; ".join(problems))
         return kpis, check_caps(caps, kpis)
-

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import math
 import re
 import shutil
 import subprocess
@@ -212,6 +213,36 @@ def test_throughput_excludes_probe_and_is_none_without_workload() -> None:
     assert throughput([_metric("cyclic", 7000.0)]) is None
     assert throughput([]) is None
     assert throughput(parse_yaml_metrics(REAL_YAML)) == pytest.approx(1011.263694)
+
+
+def test_throughput_that_overflows_or_adds_no_measurement_is_refused() -> None:
+    # Each rate is finite, but their sum is not a float any more: no KPI rather than inf (JSON null).
+    with pytest.raises(MissingMetrics, match=r"throughput overflows: the sum of 2 bogo-ops/s rates is inf"):
+        throughput([_metric("cpu", 1e308), _metric("vm", 1e308)])
+    for rate in (-20000.0, math.inf, math.nan):
+        with pytest.raises(MissingMetrics, match=r"vm: bogo-ops/s rate .* is not a finite number >= 0"):
+            throughput([_metric("cpu", 1.0), _metric("vm", rate)])
+    assert throughput([_metric("cpu", 0.0)]) == 0.0  # zero is a measurement
+
+
+def test_latency_that_overflows_is_refused() -> None:
+    # A value too long for a float parses as inf; it must not become a latency KPI.
+    huge = parse_cyclic_percentiles("[1] cyclic:   50.00%:  " + "9" * 400 + " ns\n")
+    assert huge == {50.0: math.inf}
+    with pytest.raises(MissingMetrics, match=r"cyclic 50% latency inf ns is not a finite number >= 0"):
+        latency_kpis(huge)
+    for bad in ({50.0: -1.0}, {50.0: math.nan}, {math.inf: 1.0}):
+        with pytest.raises(MissingMetrics, match="not a finite number >= 0"):
+            latency_kpis({25.0: 1000.0, **bad})
+
+
+def test_stressng_kpis_refuses_an_overflowing_sum() -> None:
+    entry = "  - stressor: {}\n    bogo-ops: 1\n    bogo-ops-per-second-real-time: 1.5e308\n"
+    entry += "    wall-clock-time: 1\n"
+    text = "metrics:\n" + entry.format("cpu") + entry.format("vm")
+    assert [m.bogo_ops_per_s_real for m in parse_yaml_metrics(text)] == [1.5e308, 1.5e308]
+    with pytest.raises(MissingMetrics, match="throughput overflows"):
+        stressng_kpis(text, REAL_LOG)
 
 
 def test_short_run_is_detected() -> None:
