@@ -3,8 +3,9 @@
 Theory of operation. Every run gets a private directory under ``workdir`` (its cwd and the home of
 its ``--yaml`` file; stressors that write temp files write them there) that is deleted afterwards.
 The latency probe, when asked for, is a stress-ng process of its own beside the workload. Processes
-are spawned, tracked and stopped by ``runtime.processes``; argv comes from ``runtime.stressng_argv``;
-stress-ng's output is read by ``measure.stressng_output``.
+are spawned, tracked, stopped and reaped by ``runtime.processes`` (every process a run starts is
+gone when it ends, daemonised ones included; the daemon calls ``become_subreaper`` at start-up);
+argv comes from ``runtime.stressng_argv``; stress-ng's output is read by ``measure.stressng_output``.
 
 The run ends in exactly one of three ways:
 
@@ -56,9 +57,12 @@ from kloros_orchestrator.model import StressorMetric, WorkloadSpec
 from kloros_orchestrator.runtime.processes import (
     ERROR_TAIL_BYTES,
     LOG_CAP_BYTES,
+    RUN_TOKEN_ENV,
     STDOUT_CAP_BYTES,
     OnStarted,
     Outcome,
+    become_subreaper,
+    is_subreaper,
     kill_all_running,
     kill_all_running_now,
     live_children,
@@ -82,13 +86,16 @@ __all__ = [
     "INSTALL_HINT",
     "LOG_CAP_BYTES",
     "PROBE_STRESSOR",
+    "RUN_TOKEN_ENV",
     "STDOUT_CAP_BYTES",
     "OnStarted",
     "StressRun",
+    "become_subreaper",
     "build_argv",
     "build_command_argv",
     "build_probe_argv",
     "find_stress_ng",
+    "is_subreaper",
     "kill_all_running",
     "kill_all_running_now",
     "live_children",

@@ -551,6 +551,7 @@ def test_public_names_stay_importable_from_runtime_and_workloads() -> None:
         "stress_ng_version", "timeout_seconds",
     }  # fmt: skip
     assert before_the_split <= set(workloads.__all__)
+    assert {"RUN_TOKEN_ENV", "become_subreaper", "is_subreaper"} <= set(workloads.__all__)
     for module in (runtime, workloads):
         assert [name for name in module.__all__ if not hasattr(module, name)] == []
     assert runtime.PROBE_STRESSOR == stressng_output.PROBE_STRESSOR == "cyclic"
