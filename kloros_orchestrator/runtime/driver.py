@@ -30,8 +30,8 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from functools import partial
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, assert_never
 
 import anyio
@@ -77,6 +77,7 @@ from kloros_orchestrator.runtime.phase_runner import (
     analyze_in_worker,
 )
 from kloros_orchestrator.runtime.ports import DreamGate, EventLog, TrialRunner, jsonable
+from kloros_orchestrator.runtime.processes import is_subreaper, set_child_subreaper
 from kloros_orchestrator.runtime.records import (
     LastPhase,
     OpenWindow,
@@ -93,6 +94,7 @@ from kloros_orchestrator.runtime.startup import (
     write_run_manifest,
 )
 from kloros_orchestrator.runtime.workloads import (
+    become_subreaper,
     find_stress_ng,
     kill_all_running,
     kill_all_running_now,
@@ -149,6 +151,10 @@ class Daemon:
         self.started_at = self.clock()
         self.paths.ensure()
         self._lock_fd = lock_state_dir(self.paths.root)  # before touching the journal or state
+        # Orphans of a workload (a stressor that daemonises) are re-parented to us, so every process
+        # a trial starts can be found and killed when the trial ends.
+        self._was_subreaper = is_subreaper()
+        self.subreaper = become_subreaper()
         logger.info(
             "kloros-orchestrator {} starting (pid {}, state {})", __version__, os.getpid(), self.paths.root
         )
@@ -568,6 +574,7 @@ class Daemon:
             self.events.record("stopped", reason=self.stop_reason or "done")
             logger.info("stopped ({})", self.stop_reason or "done")
             self.release_lock()
+            set_child_subreaper(self._was_subreaper)  # no workload is left: as we found the process
 
     def release_lock(self) -> None:
         """Let another daemon use this state_dir (idempotent; the process's exit releases it too)."""
