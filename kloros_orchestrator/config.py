@@ -2,7 +2,12 @@
 
 Everything is loaded into frozen msgspec Structs. Validation collects *every* problem as
 ``file: key: problem`` (unknown keys, wrong types, negative counts, bad times, caps on unknown KPIs)
-before failing, so an operator fixes a file in one pass instead of one error per run.
+before failing, so an operator fixes a file in one pass instead of one error per run: a key with the
+wrong type is reported and its default stands in, so the range checks of the other keys still run.
+
+Files are read by ``config_yaml`` (bounded size, depth and alias expansion, strict UTF-8); values are
+checked by ``config_checks`` (finite numbers within documented bounds, usable paths); regimes and caps
+by ``config_files``. Whatever a file holds, the outcome is a LoadedConfig or a ConfigError.
 
 Without ``--config`` the embedded default (``kloros_orchestrator/defaults/dream.yaml``) is used, with
 regimes and caps from the embedded defaults directory and state under ``./var``.
@@ -12,17 +17,23 @@ from __future__ import annotations
 
 import hashlib
 import os
-import re
 import types
 import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
-import yaml
 
+from kloros_orchestrator.config_checks import check_config, key_text, scan_values
+from kloros_orchestrator.config_checks import parse_duration as parse_duration  # re-exported
+from kloros_orchestrator.config_files import load_caps, load_regimes
+from kloros_orchestrator.config_yaml import read_yaml, shown
 from kloros_orchestrator.errors import ConfigError
-from kloros_orchestrator.model import REGIMES, STANDARD_KPIS, RegimeSpec
+from kloros_orchestrator.model import STANDARD_KPIS, RegimeSpec
+
+MAX_PROBLEM_CHARS: Final = 500
+# The keys that decide which domain files are read; when one is refused, those files are not read.
+_KEYS_NAMING_FILES: Final = frozenset({"dream", "dream.domains", "domain_options", "regimes_dir", "caps_dir"})
 
 # --------------------------------------------------------------------------------------------------
 # Structs (contract keys: README, "Configuration")
@@ -130,49 +141,41 @@ def default_config_path() -> Path:
 # --------------------------------------------------------------------------------------------------
 # Validation helpers
 
-_DURATION_RE = re.compile(r"^\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s?)?\s*$")
+def _check_fields(
+    raw: Any, cls: type[msgspec.Struct], file: str, prefix: str, problems: list[str], dropped: set[str]
+) -> dict[str, Any]:
+    """Walk ``raw`` against ``cls``: report every unknown key and wrongly typed value.
 
-
-def parse_duration(value: int | float | str) -> float:
-    """Seconds from a number or "4h" / "30m" / "90s" / "1h30m"; ValueError on anything else."""
-    if isinstance(value, bool):
-        raise ValueError("expected seconds or a duration like '4h'")
-    if isinstance(value, int | float):
-        seconds = float(value)
-    else:
-        m = _DURATION_RE.match(value)
-        if not value.strip() or not m or not any(m.groups()):
-            raise ValueError(f"cannot parse duration {value!r} (use seconds or e.g. '4h', '30m', '1h30m')")
-        h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-        seconds = h * 3600 + mi * 60 + s
-    if seconds <= 0:
-        raise ValueError("duration must be positive")
-    return seconds
-
-
-def _check_fields(raw: Any, cls: type[msgspec.Struct], file: str, prefix: str, problems: list[str]) -> None:
-    """Walk ``raw`` against ``cls`` and report every unknown key and wrongly typed value."""
+    Returns ``raw`` without them (so the struct's defaults stand in) and adds each refused key to
+    ``dropped``: the range checks that follow then look at the keys that did parse.
+    """
     if not isinstance(raw, dict):
         problems.append(f"{file}: {prefix or '(top level)'}: expected a mapping, got {type(raw).__name__}")
-        return
+        dropped.add(prefix)
+        return {}
     fields = {f.name: f for f in msgspec.structs.fields(cls)}
     for key in raw:
         if key not in fields:
-            where = f"{prefix}.{key}" if prefix else str(key)
+            where = f"{prefix}.{key_text(key)}" if prefix else key_text(key)
             problems.append(f"{file}: {where}: unknown key")
+    clean: dict[str, Any] = {}
     for name, f in fields.items():
         if name not in raw:
             continue
         where = f"{prefix}.{name}" if prefix else name
         value = raw[name]
         sub = _struct_type(f.type)
-        if sub is not None and (isinstance(value, dict) or value is not None):
-            _check_fields(value, sub, file, where, problems)
+        if sub is not None and value is not None:
+            clean[name] = _check_fields(value, sub, file, where, problems, dropped)
             continue
         try:
             msgspec.convert(value, type=f.type, strict=True)
         except msgspec.ValidationError as e:
             problems.append(f"{file}: {where}: {e}")
+            dropped.add(where)
+            continue
+        clean[name] = value
+    return clean
 
 
 def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
@@ -186,185 +189,71 @@ def _struct_type(tp: Any) -> type[msgspec.Struct] | None:
     return None
 
 
-def _range_checks(cfg: Config, file: str, problems: list[str]) -> float:
-    d = cfg.dream
-
-    def positive(
-        key: str, value: float | int | None, *, allow_none: bool = False, zero: bool = False
-    ) -> None:
-        if value is None:
-            if not allow_none:
-                problems.append(f"{file}: {key}: must be set")
-            return
-        if value < 0 or (value == 0 and not zero):
-            problems.append(f"{file}: {key}: must be {'≥ 0' if zero else '> 0'}, got {value}")
-
-    positive("dream.population", d.population)
-    positive("dream.epochs_per_cycle", d.epochs_per_cycle)
-    positive("dream.max_parallel", d.max_parallel)
-    positive("dream.trials", d.trials)
-    positive("dream.min_trials", d.min_trials)
-    positive("dream.elite", d.elite, zero=True)
-    positive("dream.trial_seconds", d.trial_seconds, allow_none=True)
-    positive("dream.pacing.min_sleep_s", d.pacing.min_sleep_s, zero=True)
-    positive("dream.pacing.max_sleep_s", d.pacing.max_sleep_s)
-    positive("bootstrap_samples", cfg.bootstrap_samples)
-    if d.pacing.min_sleep_s > d.pacing.max_sleep_s:
-        problems.append(f"{file}: dream.pacing.min_sleep_s: larger than dream.pacing.max_sleep_s")
-    if d.elite >= d.population > 0:
-        problems.append(f"{file}: dream.elite: must be smaller than dream.population")
-    if not d.domains:
-        problems.append(f"{file}: dream.domains: at least one domain is required")
-    if len(set(d.domains)) != len(d.domains):
-        problems.append(f"{file}: dream.domains: a domain is listed twice")
-    q = cfg.phase.qtime
-    positive("phase.qtime.epochs", q.epochs)
-    positive("phase.qtime.slices", q.slices)
-    positive("phase.qtime.replicas", q.replicas)
-    positive("phase.qtime.min_replicas", q.min_replicas)
-    positive("phase.trial_seconds", cfg.phase.trial_seconds, allow_none=True)
-    positive("phase.max_variants", cfg.phase.max_variants, zero=True)
-    if q.slices > len(REGIMES):
-        problems.append(
-            f"{file}: phase.qtime.slices: at most {len(REGIMES)} (one per regime), got {q.slices}"
-        )
-    if q.min_replicas > q.replicas:
-        problems.append(f"{file}: phase.qtime.min_replicas: exceeds phase.qtime.replicas")
-    from kloros_orchestrator.core.schedule import parse_window_start
-
-    try:
-        parse_window_start(cfg.phase.window.start)
-    except ValueError as e:
-        problems.append(f"{file}: phase.window.start: {e}")
-    duration = 0.0
-    try:
-        duration = parse_duration(cfg.phase.window.duration)
-    except ValueError as e:
-        problems.append(f"{file}: phase.window.duration: {e}")
-    if duration > 86400:
-        problems.append(
-            f"{file}: phase.window.duration: at most 24h (windows repeat daily), got {duration:g} s"
-        )
-    if cfg.timezone is not None:
-        import zoneinfo
-
-        try:
-            zoneinfo.ZoneInfo(cfg.timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            problems.append(f"{file}: timezone: unknown time zone {cfg.timezone!r}")
-    if cfg.log_level.upper() not in {"TRACE", "DEBUG", "INFO", "SUCCESS", "WARNING", "ERROR", "CRITICAL"}:
-        problems.append(f"{file}: log_level: unknown level {cfg.log_level!r}")
-    if not cfg.state_dir:
-        problems.append(f"{file}: state_dir: must not be empty")
-    if cfg.socket is not None and len(os.fsencode(os.path.abspath(cfg.socket))) > 100:
-        problems.append(f"{file}: socket: path longer than a Unix socket allows (100 bytes)")
-    return duration
-
-
 def _known_domains() -> set[str]:
     from kloros_orchestrator.spica.registry import available_domains
 
     return set(available_domains())
 
 
-def _register_generic_domains(cfg: Config, file: str, problems: list[str]) -> None:
+_STRICT_OPTION_KEYS: Final = frozenset({"path", "choices_path", "device"})  # every control character refused
+
+
+def _scan_domain_options(cfg: Config, file: str, problems: list[str]) -> set[str]:
+    """Domains whose options hold what no consumer can use (NUL, .inf, 10**30, ...): left out after this."""
+
+    def report(key: str, problem: str) -> None:
+        problems.append(f"{file}: {key}: {problem}")
+
+    broken: set[str] = set()
+    for name, opts in cfg.domain_options.items():
+        where = f"domain_options.{key_text(name)}"
+        if not scan_values({name: opts}, "domain_options", report, strict_keys=_STRICT_OPTION_KEYS):
+            broken.add(name)
+        elif not isinstance(name, str) or not name.isprintable():
+            report(where, "domain names are printable text")
+            broken.add(name)
+    return broken
+
+
+def _register_generic_domains(cfg: Config, file: str, problems: list[str], broken: set[str]) -> None:
     """``domain_options.<name>: {kind: generic, knobs, workload, kpis}`` defines a domain in YAML."""
     from kloros_orchestrator.errors import DomainError
     from kloros_orchestrator.spica.domains.generic import make_generic_domain
 
     for name, opts in cfg.domain_options.items():
-        if opts.get("kind") != "generic":
+        if name in broken or opts.get("kind") != "generic":
             continue
         try:
             make_generic_domain(name, {k: v for k, v in opts.items() if k != "kind"})
         except DomainError as e:
-            problems.append(f"{file}: domain_options.{name}: {e}")
+            problems.append(f"{file}: domain_options.{key_text(name)}: {e}")
+        except (TypeError, ValueError) as e:
+            # A value of a shape the option parser did not expect (a list where a word belongs).
+            problems.append(f"{file}: domain_options.{key_text(name)}: options of an unexpected shape ({e})")
 
 
-def _check_domain_options(cfg: Config, file: str, known: set[str], problems: list[str]) -> None:
+def _check_domain_options(
+    cfg: Config, file: str, known: set[str], problems: list[str], broken: set[str]
+) -> None:
     from kloros_orchestrator.spica.registry import get_domain_class
 
     for name, opts in cfg.domain_options.items():
-        if opts.get("kind") == "generic":
+        if name in broken or opts.get("kind") == "generic":
             continue
         if name not in known:
-            problems.append(f"{file}: domain_options.{name}: unknown domain")
+            problems.append(f"{file}: domain_options.{key_text(name)}: unknown domain")
             continue
         allowed = get_domain_class(name).option_keys
         hint = ", ".join(sorted(allowed)) or "none"
-        for key in sorted(set(opts) - allowed):
-            problems.append(f"{file}: domain_options.{name}.{key}: unknown option (allowed: {hint})")
+        for key in sorted(set(opts) - allowed, key=str):
+            where = f"domain_options.{name}.{key_text(key)}"
+            problems.append(f"{file}: {where}: unknown option (allowed: {hint})")
 
 
-def _domain_kpis(domain: str, options: dict[str, Any]) -> set[str]:
+def _domain_kpis(options: dict[str, Any]) -> set[str]:
     extra = options.get("kpis") or []
-    return set(STANDARD_KPIS) | {str(k) for k in extra if isinstance(k, str)}
-
-
-def _load_yaml(path: Path, problems: list[str]) -> Any:
-    try:
-        text = path.read_text()
-    except OSError as e:
-        problems.append(f"{path}: (file): cannot read: {e.strerror or e}")
-        return None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        problems.append(f"{path}: {where}: invalid YAML: {getattr(e, 'problem', None) or e}")
-        return None
-
-
-def _load_regimes(path: Path, problems: list[str]) -> dict[str, RegimeSpec]:
-    raw = _load_yaml(path, problems)
-    out: dict[str, RegimeSpec] = {}
-    if raw is None:
-        if path.exists() and not problems:
-            problems.append(f"{path}: (file): empty")
-        return out
-    if not isinstance(raw, dict):
-        problems.append(f"{path}: (top level): expected a mapping of regime name to spec")
-        return out
-    for name in raw:
-        if name not in REGIMES:
-            problems.append(f"{path}: {name}: unknown regime (expected {', '.join(REGIMES)})")
-    for name in REGIMES:
-        if name not in raw:
-            problems.append(f"{path}: {name}: regime missing")
-            continue
-        try:
-            spec = msgspec.convert(raw[name], type=RegimeSpec, strict=True)
-        except msgspec.ValidationError as e:
-            problems.append(f"{path}: {name}: {e}")
-            continue
-        if spec.duration <= 0:
-            problems.append(f"{path}: {name}.duration: must be > 0")
-        for i, s in enumerate(spec.stressors):
-            if isinstance(s.instances, int) and s.instances < 0:
-                problems.append(f"{path}: {name}.stressors[{i}].instances: must be ≥ 0")
-            if isinstance(s.instances, str) and s.instances != "auto":
-                problems.append(f"{path}: {name}.stressors[{i}].instances: a count or 'auto'")
-            if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", s.name):
-                problems.append(f"{path}: {name}.stressors[{i}].name: not a stress-ng stressor name")
-            for opt in s.options:
-                if not re.fullmatch(r"[a-z0-9][a-z0-9-]*", opt):
-                    problems.append(f"{path}: {name}.stressors[{i}].options.{opt}: not a stress-ng option")
-        out[name] = spec
-    return out
-
-
-def _load_caps(path: Path, known: set[str], problems: list[str]) -> dict[str, Any]:
-    from kloros_orchestrator.measure.caps import parse_caps
-
-    if not path.exists():
-        return {}
-    raw = _load_yaml(path, problems)
-    if raw is None:
-        return {}
-    caps, cap_problems = parse_caps(raw, known_kpis=known, file=str(path))
-    problems.extend(cap_problems)
-    return dict(caps)
+    names = extra if isinstance(extra, list | dict) else []
+    return set(STANDARD_KPIS) | {k for k in names if isinstance(k, str)}
 
 
 def _env_overrides(raw: dict[str, Any], problems: list[str]) -> None:
@@ -374,61 +263,96 @@ def _env_overrides(raw: dict[str, Any], problems: list[str]) -> None:
     try:
         n = int(trials)
     except ValueError:
-        problems.append(f"environment: KLR_DREAM_TRIALS: not an integer: {trials!r}")
+        problems.append(f"environment: KLR_DREAM_TRIALS: not an integer: {shown(trials)}")
         return
     dream = raw.setdefault("dream", {})
     if isinstance(dream, dict):
         dream["trials"] = n
 
 
-def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None) -> LoadedConfig:
-    """Load and validate; raise ConfigError listing every problem found."""
-    problems: list[str] = []
-    cfg_path = Path(path) if path is not None else default_config_path()
+def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
+    """Command-line values replace the file's; under a key that is no mapping the type check reports it."""
+    for dotted, value in overrides.items():
+        node: Any = raw
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {}) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node[leaf] = value
+
+
+def _clipped(problems: list[str]) -> list[str]:
+    """Problem lines as printed: each once, and a value rendered elsewhere never makes a line huge."""
+    once = dict.fromkeys(problems)  # [x, x, x, ...] under dream.domains says the same thing each time
+    return [p if len(p) <= MAX_PROBLEM_CHARS else p[: MAX_PROBLEM_CHARS - 3] + "..." for p in once]
+
+
+def _parse_main_file(
+    cfg_path: Path, overrides: dict[str, Any], problems: list[str]
+) -> tuple[Config, float, set[str]]:
+    """dream.yaml: the config, window seconds, and the keys that cannot be used (refused or bad paths)."""
     file = str(cfg_path)
-    raw = _load_yaml(cfg_path, problems)
-    if problems:
-        raise ConfigError(problems)
+    raw = read_yaml(cfg_path)
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError([f"{file}: (top level): expected a mapping, got {type(raw).__name__}"])
     _env_overrides(raw, problems)
-    for dotted, value in (overrides or {}).items():
-        node = raw
-        *parents, leaf = dotted.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    _check_fields(raw, Config, file, "", problems)
-    if problems:
-        raise ConfigError(problems)
-    cfg = msgspec.convert(raw, type=Config, strict=True)
-    duration = _range_checks(cfg, file, problems)
+    _apply_overrides(raw, overrides)
+    dropped: set[str] = set()
+    clean = _check_fields(raw, Config, file, "", problems, dropped)
+    try:
+        cfg = msgspec.convert(clean, type=Config, strict=True)
+    except msgspec.ValidationError as e:  # pragma: no cover - every field was converted above
+        raise ConfigError([*problems, f"{file}: (top level): {e}"]) from None
+    duration, unusable = check_config(cfg, file, problems, set(dropped))
+    return cfg, duration, unusable | dropped
 
-    _register_generic_domains(cfg, file, problems)
+
+def _load_domain_files(
+    cfg: Config, cfg_path: Path, user_config: bool, problems: list[str]
+) -> tuple[dict[str, dict[str, RegimeSpec]], dict[str, dict[str, Any]]]:
+    """Register generic domains, then read every listed domain's regimes and caps."""
+    file = str(cfg_path)
+    broken = _scan_domain_options(cfg, file, problems)
+    _register_generic_domains(cfg, file, problems, broken)
     known = _known_domains()
-    base = cfg_path.parent
-    regimes_dir = _resolve_dir(cfg.regimes_dir, base, "regimes", path is not None)
-    caps_dir = _resolve_dir(cfg.caps_dir, base, "caps", path is not None)
+    regimes_dir = _resolve_dir(cfg.regimes_dir, cfg_path.parent, "regimes", user_config)
+    caps_dir = _resolve_dir(cfg.caps_dir, cfg_path.parent, "caps", user_config)
     regimes: dict[str, dict[str, RegimeSpec]] = {}
     caps: dict[str, dict[str, Any]] = {}
     for dom in cfg.dream.domains:
         opts = cfg.domain_options.get(dom, {})
-        if dom not in known and opts.get("kind") != "generic":
-            problems.append(
-                f"{file}: dream.domains: unknown domain {dom!r} (known: {', '.join(sorted(known))})"
-            )
+        if dom not in known:
+            # A generic domain that could not be registered has its problem reported already.
+            if dom not in broken and opts.get("kind") != "generic":
+                names = ", ".join(sorted(known))
+                problems.append(f"{file}: dream.domains: unknown domain {shown(dom)} (known: {names})")
             continue
         rpath = regimes_dir / f"{dom}.yaml"
         if not rpath.exists():
             problems.append(f"{rpath}: (file): no regimes file for domain {dom!r}")
         else:
-            regimes[dom] = _load_regimes(rpath, problems)
-        caps[dom] = _load_caps(caps_dir / f"{dom}.yaml", _domain_kpis(dom, opts), problems)
-    _check_domain_options(cfg, file, known, problems)
-    if problems:
-        raise ConfigError(problems)
+            regimes[dom] = load_regimes(rpath, problems)
+        caps[dom] = load_caps(caps_dir / f"{dom}.yaml", _domain_kpis(opts), problems)
+    _check_domain_options(cfg, file, known, problems, broken)
+    return regimes, caps
+
+
+def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = None) -> LoadedConfig:
+    """Load and validate; raise ConfigError listing every problem found."""
+    problems: list[str] = []
+    cfg_path = Path(path) if path is not None else default_config_path()
+    try:
+        cfg, duration, unusable = _parse_main_file(cfg_path, overrides or {}, problems)
+        # A refused key's default stands in for it: the domain files it leads to would be the wrong ones.
+        if unusable & _KEYS_NAMING_FILES:
+            raise ConfigError(problems)
+        regimes, caps = _load_domain_files(cfg, cfg_path, path is not None, problems)
+        if problems:
+            raise ConfigError(problems)
+    except ConfigError as e:
+        raise ConfigError(_clipped(e.problems)) from None
     digest = hashlib.sha256(msgspec.json.encode(cfg, order="sorted"))
     for dom in sorted(regimes):
         digest.update(msgspec.json.encode(regimes[dom], order="sorted"))

@@ -58,7 +58,10 @@ def test_every_problem_is_reported_at_once_with_file_and_key(tmp_path: Path) -> 
     assert f"{p}: seed: Expected `int`, got `str`" in probs
     assert f"{p}: bogus: unknown key" in probs
     assert f"{p}: dream.extra: unknown key" in probs
-    # Type errors stop before range checks; fix them and the range problems all show together.
+    # Range, time and domain problems of the keys that did parse show in the same pass.
+    for key in ("dream.trials", "dream.population", "phase.window.start", "phase.window.duration"):
+        assert f"{p}: {key}:" in text, key
+    assert f"{p}: dream.domains: unknown domain 'nonsense'" in text
     p2 = write(
         tmp_path,
         {
