@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+import time
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
 from kloros_orchestrator import __version__
-from kloros_orchestrator.errors import ConfigError, KlorosError, ToolMissing
+from kloros_orchestrator.errors import ConfigError, KlorosError, StateDirError, ToolMissing
+
+if TYPE_CHECKING:
+    from kloros_orchestrator.safefs import Rejected
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
-EXIT_CONFIG = 2
+EXIT_CONFIG = 2  # also an unusable state_dir: one line naming the path and the reason
 EXIT_TOOL_MISSING = 3
 
 
@@ -105,6 +110,7 @@ def _run(args: argparse.Namespace) -> int:
     from kloros_orchestrator.config import load_config
     from kloros_orchestrator.runtime.driver import run_daemon
     from kloros_orchestrator.runtime.workloads import find_stress_ng
+    from kloros_orchestrator.statedir import check_state_dir
 
     overrides: dict[str, Any] = {}
     if args.state_dir:
@@ -116,17 +122,54 @@ def _run(args: argparse.Namespace) -> int:
     if args.max_parallel is not None:
         overrides["dream.max_parallel"] = args.max_parallel
     loaded = load_config(args.config, overrides=overrides)
-    _setup_logging(loaded.config.log_level, loaded.state_dir)
+    # Nothing the daemon creates may be writable by group or others: check_state_dir refuses that.
+    os.umask(os.umask(0o022) | 0o022)
+    try:
+        # Before anything under state_dir is written: the first touch is the daemon log.
+        moved = check_state_dir(loaded.state_dir, socket_dir=loaded.socket_path.parent)
+        _setup_logging(loaded.config.log_level, loaded.state_dir)
+        _record_moved(loaded.state_dir, moved)
+    except StateDirError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    except OSError as e:  # read-only, full, or vanished under us
+        print(f"error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_CONFIG
     find_stress_ng()  # exit 3 with the install command before anything starts
-    return run_daemon(loaded, once=args.once)
+    try:
+        return run_daemon(loaded, once=args.once)
+    except StateDirError as e:  # found by the daemon's own start-up (the lock, a full disk)
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+
+
+def _record_moved(state_dir: Path, moved: list[Rejected]) -> None:
+    """What check_state_dir moved aside, in the daemon log and as events (neither existed yet)."""
+    from kloros_orchestrator.runtime.ports import EventLog
+    from kloros_orchestrator.store import StatePaths
+
+    events = EventLog(StatePaths(state_dir).events, time.time)
+    for r in moved:
+        logger.warning("{} was {}: moved aside to {}", r.path, r.reason, r.moved_to)
+        events.record("state_entry_rejected", **r.fields())
+
+
+def _one_line(e: OSError) -> str:
+    """``path: reason`` of an OSError, on one line."""
+    text = f"{e.filename}: {e.strerror}" if e.filename is not None and e.strerror else str(e)
+    return text.replace("\n", "\\n")
 
 
 def _setup_logging(level: str, state_dir: Path) -> None:
+    from kloros_orchestrator.safefs import LogFile, make_dirs
+
     logger.remove()
     logger.add(sys.stderr, level=level.upper(), format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
     log_dir = state_dir / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    logger.add(log_dir / "daemon.log", level=level.upper(), rotation="20 MB", retention=3, enqueue=False)
+    make_dirs(log_dir)
+    # Opened here (O_NOFOLLOW, regular files only) and handed over as an object: given a path,
+    # loguru would follow a planted link and read braces in the path as a format string.
+    logger.add(LogFile(log_dir / "daemon.log"), level=level.upper(), enqueue=False)
 
 
 def _socket_path(args: argparse.Namespace) -> Path:

@@ -51,6 +51,22 @@ class SchemaError(KlorosError):
         super().__init__(f"{path}: {field}: {problem}")
 
 
+class StateDirError(KlorosError):
+    """The state directory cannot be used; one line ``path: reason`` (the daemon exits 2 on it)."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        # One line whatever the path holds: the message is what ``run`` prints before exiting.
+        super().__init__(f"{self.path}: {reason}".replace("\n", "\\n"))
+
+
+class UnsafeStateDir(StateDirError):
+    """Another user could steer the daemon through its state directory (ssh's StrictModes): an
+    entry, or a directory above it, owned by another user or writable by group or others; or
+    ``state_dir`` / the socket's directory a symbolic link or not a directory. The operator acts."""
+
+
 class DomainError(KlorosError):
     """A domain cannot be registered or used (for example: not a SPICA derivative)."""
 

@@ -1,4 +1,10 @@
-"""Durable file primitives: atomic JSON writes, whole-line JSONL appends, artifact paths."""
+"""Durable file primitives: atomic JSON writes, whole-line JSONL appends, artifact paths.
+
+Nothing here follows a symbolic link at the file it writes: a temporary file is created with
+``O_EXCL|O_NOFOLLOW`` (mkstemp) and renamed over the target (which replaces a link, never writes
+through it), and appends go through :func:`kloros_orchestrator.safefs.open_append`. The directories
+above are trusted because ``check_state_dir`` refused the state directory otherwise.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +13,22 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import msgspec
+
+from kloros_orchestrator.safefs import (
+    DIR_MODE,
+    PRIVATE_DIR_MODE,
+    fsync_dir,
+    make_dirs,
+    nesting_exceeds,
+    open_append,
+    read_bounded,
+)
+
+MAX_JSON_BYTES: Final = 16 * 2**20  # read_json's bound
+MAX_JSONL_BYTES: Final = 256 * 2**20  # read_jsonl's
 
 _encoder = msgspec.json.Encoder()
 
@@ -18,25 +37,17 @@ def to_builtins(obj: Any) -> Any:
     return msgspec.to_builtins(obj)
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` so a reader sees the old or the new file, never a torn one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
+            os.fchmod(f.fileno(), mode)  # on the descriptor: the name could be swapped meanwhile
             os.fsync(f.fileno())
-        os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -51,15 +62,22 @@ def atomic_write_json(path: Path, obj: Any) -> None:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_bytes())
+    """A JSON file read through :func:`read_bounded`; too deep a file raises ValueError."""
+    raw = read_bounded(Path(path), max_bytes=MAX_JSON_BYTES)
+    if nesting_exceeds(raw):
+        raise ValueError(f"{path}: nested too deeply")
+    return json.loads(raw)
 
 
 def append_jsonl(path: Path, obj: Any) -> None:
-    """Append one JSON object as one line with a single write(2) on an O_APPEND descriptor."""
+    """Append one JSON object as one line with a single write(2) on an O_APPEND descriptor.
+
+    A symbolic link, a directory or a FIFO at ``path`` raises ``RefusedFile`` (an OSError).
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_dirs(path.parent)
     line = _encoder.encode(to_builtins(obj)) + b"\n"
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    fd = open_append(path)
     try:
         os.write(fd, line)
     finally:
@@ -67,17 +85,21 @@ def append_jsonl(path: Path, obj: Any) -> None:
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
-    """Read a JSONL file; a torn last line (crash mid-append) is skipped, not fatal."""
-    path = Path(path)
-    if not path.exists():
+    """Read a JSONL file; a torn last line (crash mid-append) is skipped, not fatal.
+
+    Read through :func:`read_bounded`: a link, a FIFO or a file over MAX_JSONL_BYTES raises OSError.
+    """
+    try:
+        raw = read_bounded(Path(path), max_bytes=MAX_JSONL_BYTES)
+    except FileNotFoundError:
         return []
     out: list[dict[str, Any]] = []
-    for line in path.read_text().splitlines():
-        if not line.strip():
+    for line in raw.splitlines():
+        if not line.strip() or nesting_exceeds(line):
             continue
         try:
             obj = json.loads(line)
-        except json.JSONDecodeError:
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
             continue
         if isinstance(obj, dict):
             out.append(obj)
@@ -126,6 +148,14 @@ class StatePaths:
         return self.logs / "trials.jsonl"
 
     @property
+    def daemon_log(self) -> Path:
+        return self.logs / "daemon.log"
+
+    @property
+    def lock(self) -> Path:
+        return self.root / "lock"
+
+    @property
     def journal(self) -> Path:
         return self.root / "journal"
 
@@ -142,13 +172,20 @@ class StatePaths:
         return self.root / "tmp"
 
     def ensure(self) -> None:
-        for p in (
-            self.artifacts,
-            self.manifests,
-            self.phase,
-            self.logs,
-            self.journal,
-            self.scratch,
-            self.tmp,
-        ):
-            p.mkdir(parents=True, exist_ok=True)
+        for p in (self.artifacts, self.manifests, self.phase, self.logs, self.scratch, self.tmp):
+            make_dirs(p, DIR_MODE)
+        make_dirs(self.journal, PRIVATE_DIR_MODE)
+
+
+__all__ = [
+    "MAX_JSONL_BYTES",
+    "MAX_JSON_BYTES",
+    "StatePaths",
+    "append_jsonl",
+    "atomic_write_bytes",
+    "atomic_write_json",
+    "fsync_dir",
+    "read_json",
+    "read_jsonl",
+    "to_builtins",
+]

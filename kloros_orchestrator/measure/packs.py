@@ -31,6 +31,13 @@ from kloros_orchestrator.errors import SchemaError
 from kloros_orchestrator.measure.scoring import OVERALL, improves_over_baseline, score_regime, score_v2
 from kloros_orchestrator.measure.stats import bootstrap_mean_ci, score_ci
 from kloros_orchestrator.model import REGIMES, Scalar, TrialResult
+from kloros_orchestrator.safefs import (
+    MAX_JSON_DEPTH,
+    RefusedFile,
+    move_aside_for,
+    nesting_exceeds,
+    read_bounded,
+)
 from kloros_orchestrator.store import atomic_write_bytes
 
 Trials = Mapping[str, Sequence[TrialResult]]  # regime -> trials of one arm
@@ -38,6 +45,8 @@ Interval = tuple[float, float]
 
 PACK_SCHEMA: Final = "candidate_pack.v2"
 BASELINES_SCHEMA: Final = "baselines.v2"
+MAX_PACK_BYTES: Final = 8 * 2**20
+MAX_BASELINES_BYTES: Final = 8 * 2**20
 NOT_MEASURED: Final = "not measured in any trial"
 NO_INTERVAL: Final = "fewer than 2 successful trials in a regime: no interval, so no claim of improvement"
 
@@ -434,14 +443,32 @@ def write_pack(path: Path, pack: CandidatePack) -> None:
     atomic_write_bytes(Path(path), data)
 
 
-def load_pack(path: Path) -> CandidatePack:
-    """Read and validate a pack; a corrupted or schema-violating file raises SchemaError(file, field)."""
+def _read(path: Path, max_bytes: int) -> bytes:
+    """The file's bytes; SchemaError for a file refused by ``read_bounded`` or nested too deeply."""
     try:
-        raw = Path(path).read_bytes()
-    except OSError as e:
-        raise SchemaError(str(path), "<document>", f"unreadable: {e.strerror or e}") from e
-    pack = _decode_pack(raw, str(path))
-    validate_pack(pack, str(path))
+        raw = read_bounded(path, max_bytes=max_bytes)
+    except RefusedFile as e:
+        raise SchemaError(str(path), "<document>", f"unreadable: {e.strerror}") from None
+    if nesting_exceeds(raw):
+        raise SchemaError(str(path), "<document>", f"nested deeper than {MAX_JSON_DEPTH} levels")
+    return raw
+
+
+def load_pack(path: Path, *, move_aside: bool = True) -> CandidatePack:
+    """Read and validate a pack; a corrupted or schema-violating file raises SchemaError(file, field).
+
+    Read through ``read_bounded`` (no link, no FIFO, at most MAX_PACK_BYTES, nesting checked). A
+    bad file is moved aside (``<name>.rejected-<ts>``, said in the problem) unless ``move_aside``
+    is False; a missing or transiently unreadable one stays.
+    """
+    where = str(path)
+    try:
+        pack = _decode_pack(_read(Path(path), MAX_PACK_BYTES), where)
+        validate_pack(pack, where)
+    except OSError as e:  # missing, or a failing disk: nothing to move aside
+        raise SchemaError(where, "<document>", f"unreadable: {e.strerror or e}") from e
+    except SchemaError as e:
+        raise (move_aside_for(e) if move_aside else e) from None
     return pack
 
 
@@ -473,24 +500,30 @@ def _parse_baselines(doc: Any, where: str) -> tuple[Baselines, list[str]]:
     return entries, problems
 
 
-def read_baselines(path: Path) -> tuple[Baselines, str | None]:
+def read_baselines(path: Path, *, move_aside: bool = True) -> tuple[Baselines, str | None]:
     """The entries of a ``baselines.v2`` file by domain and regime, and what was wrong with it.
 
     A missing file is no problem (nothing measured yet). An unreadable file, one that is not
     ``baselines.v2``, or an invalid entry gives a problem string (file: field: problem) for the
-    caller to log; the entries that could be read are still returned.
+    caller to log; the entries that could be read are still returned. A file that yields nothing
+    (a link, a FIFO, over MAX_BASELINES_BYTES, nested too deeply, not JSON, not ``baselines.v2``)
+    is moved aside unless ``move_aside`` is False, so the next write starts a clean one.
     """
     where = str(path)
     try:
-        raw = Path(path).read_bytes()
+        raw = _read(Path(path), MAX_BASELINES_BYTES)
+        try:
+            doc = msgspec.json.decode(raw)
+        except msgspec.DecodeError as e:
+            raise SchemaError(where, "<document>", f"not valid JSON: {e}") from None
+        if not isinstance(doc, dict) or doc.get("schema") != BASELINES_SCHEMA:
+            raise SchemaError(where, "schema", f"not a {BASELINES_SCHEMA} document")
     except FileNotFoundError:
         return {}, None
     except OSError as e:
         return {}, str(SchemaError(where, "<document>", f"unreadable: {e.strerror or e}"))
-    try:
-        doc = msgspec.json.decode(raw)
-    except msgspec.DecodeError as e:
-        return {}, str(SchemaError(where, "<document>", f"not valid JSON: {e}"))
+    except SchemaError as e:
+        return {}, str(move_aside_for(e) if move_aside else e)
     entries, problems = _parse_baselines(doc, where)
     return entries, "; ".join(problems) or None
 

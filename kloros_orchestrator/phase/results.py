@@ -27,9 +27,17 @@ from pathlib import Path
 from typing import Any, Final, Literal
 
 import msgspec
+from loguru import logger
 
 from kloros_orchestrator.errors import SchemaError
 from kloros_orchestrator.model import REGIMES, Scalar
+from kloros_orchestrator.safefs import (
+    MAX_JSON_DEPTH,
+    RefusedFile,
+    move_aside_for,
+    nesting_exceeds,
+    read_bounded,
+)
 from kloros_orchestrator.store import atomic_write_bytes, atomic_write_json, fsync_dir
 
 SCHEMA: Final = "phase_results.v1"
@@ -37,6 +45,7 @@ RESULTS_NAME: Final = "phase_results.json"
 LATEST_NAME: Final = "latest"
 FLAG_PREFIX: Final = "phase_complete_"
 DOCUMENT: Final = "<document>"  # the field name used when the problem is the file as a whole
+MAX_RESULTS_BYTES: Final = 32 * 2**20
 
 Action = Literal["narrow", "widen", "drop", "keep"]
 Interval = tuple[float, float]
@@ -180,26 +189,57 @@ def _point_latest(phase_dir: Path, run_id: str) -> None:
 
 
 def latest_results(phase_dir: Path) -> Path | None:
-    """The results file ``latest`` points at, or None when no PHASE has completed."""
-    path = Path(phase_dir) / LATEST_NAME / RESULTS_NAME
-    return path if path.is_file() else None
+    """The results file ``latest`` points at, or None when no PHASE has completed.
+
+    ``latest`` must be a relative link naming a run directory beside it (anything else is ignored,
+    logged); the file itself need not be a regular one: load_results refuses and moves it aside.
+    """
+    link = Path(phase_dir) / LATEST_NAME
+    try:
+        target = os.readlink(link)
+    except FileNotFoundError:
+        return None
+    except OSError as e:  # EINVAL: not a link
+        logger.error("{} ignored: not the link PHASE writes ({})", link, e.strerror or e)
+        return None
+    if not target or "/" in target or target in (".", ".."):
+        logger.error("{} ignored: points to {!r}, not to a run directory beside it", link, target)
+        return None
+    path = link / RESULTS_NAME
+    return path if os.path.lexists(path) else None
 
 
-def load_results(path: Path) -> PhaseResults:
+def load_results(path: Path, *, move_aside: bool = True) -> PhaseResults:
     """Read and validate a results file; ``path`` may be the file, a run directory or ``latest``.
 
     Raises ``SchemaError(path, field, problem)`` naming the exact field for unreadable or malformed
     JSON, missing keys, wrong types, a wrong ``schema`` string, NaN/infinite numbers and inverted
-    intervals.
+    intervals. The file is read through ``read_bounded`` (no link, no FIFO, at most
+    MAX_RESULTS_BYTES, nesting checked); a bad one is moved aside (``phase_results.json.rejected-<ts>``,
+    said in the problem) unless ``move_aside`` is False. A missing file stays missing.
     """
     path = Path(path)
-    if path.is_dir():
+    if path.name != RESULTS_NAME and path.is_dir():
         path = path / RESULTS_NAME
     where = str(path)
     try:
-        data = path.read_bytes()
-    except OSError as exc:
+        return _decode(_read(path), where)
+    except OSError as exc:  # missing, or a failing disk: nothing to move aside
         raise SchemaError(where, DOCUMENT, f"cannot read: {exc.strerror or exc}") from None
+    except SchemaError as exc:
+        raise (move_aside_for(exc) if move_aside else exc) from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return read_bounded(path, max_bytes=MAX_RESULTS_BYTES)
+    except RefusedFile as exc:  # a link, a FIFO, a directory, too large: moved aside by the caller
+        raise SchemaError(str(path), DOCUMENT, f"cannot read: {exc.strerror}") from None
+
+
+def _decode(data: bytes, where: str) -> PhaseResults:
+    if nesting_exceeds(data):
+        raise SchemaError(where, DOCUMENT, f"nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         # json (not msgspec) so that NaN/Infinity tokens parse and can be reported by field.
         raw = json.loads(data)

@@ -18,7 +18,8 @@ from loguru import logger
 
 from kloros_orchestrator import __version__
 from kloros_orchestrator.config import LoadedConfig
-from kloros_orchestrator.errors import KlorosError
+from kloros_orchestrator.errors import KlorosError, UnsafeStateDir
+from kloros_orchestrator.safefs import RefusedFile, open_regular
 from kloros_orchestrator.spica.base import SpicaDomain, code_hash
 from kloros_orchestrator.spica.knobs import KnobJournal
 from kloros_orchestrator.spica.registry import get_domain_class
@@ -26,9 +27,20 @@ from kloros_orchestrator.store import StatePaths, atomic_write_json
 
 
 def lock_state_dir(root: Path) -> int:
-    """One daemon per state_dir: a second one would restore the first one's knobs mid-trial."""
-    path = root / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    """One daemon per state_dir: a second one would restore the first one's knobs mid-trial.
+
+    The lock is opened with O_NOFOLLOW and must be a regular file of ours: a link planted there
+    would have its target truncated. Anything else raises UnsafeStateDir (one line).
+    """
+    path = StatePaths(root).lock
+    try:
+        fd = open_regular(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except RefusedFile as e:
+        raise UnsafeStateDir(path, f"{e.strerror}: remove it") from None
+    owner, euid = os.fstat(fd).st_uid, os.geteuid()
+    if owner != euid:
+        os.close(fd)
+        raise UnsafeStateDir(path, f"owned by uid {owner}, not by the daemon's uid {euid}: remove it")
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import re
 from pathlib import Path
 from typing import Any
 
+import anyio
 import numpy as np
 import pytest
 from msgspec.structs import replace
@@ -360,3 +363,69 @@ def test_a_baseline_that_could_not_be_read_back_cannot_be_written(tmp_path: Path
     with pytest.raises(SchemaError):
         write_baselines(path, {"cpu": {"idle": wrong_type}})
     assert not path.exists()
+
+
+# --- files that must not be read as they are: bounded, never through a link, moved aside -------------
+
+DEEP = b"[" * 20_000 + b"]" * 20_000  # RecursionError in json and msgspec alike
+BAD_DOCUMENTS: list[tuple[str, Any, str]] = [
+    ("nested_20000_deep", lambda p: p.write_bytes(DEEP), "nested deeper than 64 levels"),
+    ("dev_zero_link", lambda p: p.symlink_to("/dev/zero"), "unreadable: is a symbolic link"),
+    ("fifo", os.mkfifo, "unreadable: is a FIFO, not a regular file"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "problem"), BAD_DOCUMENTS, ids=[b[0] for b in BAD_DOCUMENTS])
+async def test_a_bad_pack_is_refused_promptly_and_moved_aside(
+    tmp_path: Path, name: str, make: Any, problem: str
+) -> None:
+    path = tmp_path / "gen3_best.json"
+    make(path)
+    with anyio.fail_after(5), pytest.raises(SchemaError) as exc:
+        await anyio.to_thread.run_sync(load_pack, path, abandon_on_cancel=True)
+    assert exc.value.field == "<document>" and exc.value.problem.startswith(problem)
+    assert re.search(r"\(moved aside to gen3_best\.json\.rejected-\d+\)$", exc.value.problem)
+    assert not os.path.lexists(path)
+    assert [p.name for p in tmp_path.glob("gen*_best.json")] == []  # the next rebuild does not meet it
+
+
+def test_a_pack_that_fails_its_schema_is_moved_aside_unless_asked_not_to(tmp_path: Path) -> None:
+    path = tmp_path / "gen0_best.json"
+    path.write_text('{"schema": "candidate_pack.v1"}')
+    with pytest.raises(SchemaError):
+        load_pack(path, move_aside=False)
+    assert path.exists()
+    with pytest.raises(SchemaError, match=r"moved aside to gen0_best\.json\.rejected-"):
+        load_pack(path)
+    assert not path.exists()
+    with pytest.raises(SchemaError) as exc:  # missing: nothing to move
+        load_pack(path)
+    assert "moved aside" not in exc.value.problem
+    path.mkdir()
+    with pytest.raises(SchemaError, match="is a directory"):
+        load_pack(path)
+    assert not path.exists()
+
+
+@pytest.mark.parametrize(("name", "make", "problem"), BAD_DOCUMENTS, ids=[b[0] for b in BAD_DOCUMENTS])
+async def test_bad_baselines_are_moved_aside_and_the_next_write_starts_clean(
+    tmp_path: Path, name: str, make: Any, problem: str
+) -> None:
+    path = tmp_path / "baselines.json"
+    make(path)
+    with anyio.fail_after(5):
+        got, found = await anyio.to_thread.run_sync(read_baselines, path, abandon_on_cancel=True)
+    assert got == {} and found is not None and found.startswith(f"{path}: <document>: {problem}")
+    assert "moved aside to baselines.json.rejected-" in found
+    write_baselines(path, entries())  # what the tournament does next: it no longer fails
+    assert read_baselines(path) == (entries(), None)
+
+
+def test_baselines_that_are_not_json_or_not_v2_are_moved_aside(tmp_path: Path) -> None:
+    path = tmp_path / "baselines.json"
+    for content in (b"{not json", b'{"schema": "baselines.v1"}'):
+        path.write_bytes(content)
+        got, problem = read_baselines(path)
+        assert got == {} and problem is not None and "moved aside" in problem and not path.exists()
+    path.write_bytes(b"[]")
+    assert "moved aside" not in str(read_baselines(path, move_aside=False)[1]) and path.exists()

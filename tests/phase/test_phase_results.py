@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import anyio
 import msgspec
 import pytest
 
@@ -289,3 +290,57 @@ def test_unknown_extra_keys_are_accepted(tmp_path: Path) -> None:
     path = tmp_path / "phase_results.json"
     path.write_text(json.dumps(doc))
     assert load_results(path).run_id == "20260101T030000Z"
+
+
+# --- files that must not be read as they are: bounded, never through a link, moved aside -------------
+
+DEEP = b"[" * 20_000 + b"]" * 20_000  # RecursionError in json.loads
+BAD_FILES: list[tuple[str, Callable[[Path], None], str]] = [
+    ("nested_20000_deep", lambda p: p.write_bytes(DEEP), "nested deeper than 64 levels"),
+    ("dev_zero_link", lambda p: p.symlink_to("/dev/zero"), "cannot read: is a symbolic link"),
+    ("fifo", lambda p: os.mkfifo(p), "cannot read: is a FIFO, not a regular file"),
+]
+
+
+@pytest.mark.parametrize(("name", "make", "problem"), BAD_FILES, ids=[b[0] for b in BAD_FILES])
+async def test_bad_latest_results_are_moved_aside_and_never_met_twice(
+    tmp_path: Path, name: str, make: Callable[[Path], None], problem: str
+) -> None:
+    phase_dir = tmp_path / "phase"
+    path = write_results(phase_dir, _results("r1"), now=100)
+    path.unlink()
+    make(path)
+    found = latest_results(phase_dir)
+    assert found == phase_dir / "latest" / "phase_results.json"
+    with anyio.fail_after(5), pytest.raises(SchemaError) as exc:
+        await anyio.to_thread.run_sync(load_results, found, abandon_on_cancel=True)
+    assert exc.value.field == "<document>" and exc.value.problem.startswith(problem)
+    assert "(moved aside to phase_results.json.rejected-" in exc.value.problem
+    assert latest_results(phase_dir) is None  # the next start finds nothing to collapse
+
+
+def test_results_can_be_read_without_moving_them(tmp_path: Path) -> None:
+    path = tmp_path / "phase_results.json"
+    path.write_bytes(DEEP)
+    with pytest.raises(SchemaError, match="nested deeper"):
+        load_results(path, move_aside=False)
+    assert path.exists()
+    path.write_text("[]")
+    with pytest.raises(SchemaError, match="expected a JSON object"):
+        load_results(path)
+    assert not path.exists() and len(list(tmp_path.glob("phase_results.json.rejected-*"))) == 1
+
+
+@pytest.mark.parametrize("target", ["/etc", "../elsewhere", ".."])
+def test_latest_that_leaves_the_phase_directory_is_ignored(tmp_path: Path, target: str) -> None:
+    phase_dir = tmp_path / "phase"
+    write_results(phase_dir, _results("r1"), now=100)
+    (phase_dir / "latest").unlink()
+    (phase_dir / "latest").symlink_to(target)
+    assert latest_results(phase_dir) is None
+
+
+def test_latest_that_is_not_a_link_is_ignored(tmp_path: Path) -> None:
+    (tmp_path / "latest").mkdir()
+    (tmp_path / "latest" / "phase_results.json").write_text("{}")
+    assert latest_results(tmp_path) is None
