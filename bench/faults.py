@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import argparse
 import random
+import re
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Callable
@@ -37,8 +39,8 @@ import faults_config
 import faults_procs
 import faults_socket
 import faults_state
-from benchlib import command_line, machine_info, machine_line, write_json
-from faults_lib import Case, Sandbox, Verdict, fail, kill_tagged, raise_fd_limit, short
+from benchlib import REPO_DIR, command_line, machine_info, machine_line, write_json
+from faults_lib import Case, Sandbox, fail, kill_tagged, raise_fd_limit, short
 
 CLASSES: dict[str, Callable[[random.Random, int], list[Case]]] = {
     "config": faults_config.cases,
@@ -88,9 +90,16 @@ def run_case(case: Case, box: dict[str, Any], keep: bool = False) -> Outcome:
             v = fail(f"hang: case killed after {case.timeout + WATCHDOG_SLACK_S:.0f} s")
     finally:
         sb.cleanup(keep)
+    reason = v.reason if keep else anonymise(v.reason, sb)
     if keep:
-        v = Verdict(v.survived, f"{v.reason} [kept {sb.wd}]")
-    return Outcome(case.cls, case.name, v.survived, v.reason, time.monotonic() - t0)
+        reason += f" [kept {sb.wd}]"
+    return Outcome(case.cls, case.name, v.survived, reason, time.monotonic() - t0)
+
+
+def anonymise(text: str, sb: Sandbox) -> str:
+    """Reasons name no machine path: sandboxes become <sandbox>, this checkout <repo>."""
+    text = text.replace(str(sb.wd), "<sandbox>").replace(str(REPO_DIR), "<repo>")
+    return re.sub(re.escape(tempfile.gettempdir()) + r"/kf\w+", "<sandbox>", text)
 
 
 def run_all(cases: list[Case], jobs: int, progress: bool, keep: bool = False) -> list[Outcome]:
