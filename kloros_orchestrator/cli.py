@@ -109,9 +109,12 @@ def _validate(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     from kloros_orchestrator.config import load_config
     from kloros_orchestrator.runtime.driver import run_daemon
+    from kloros_orchestrator.runtime.stop_signals import EarlyStops
     from kloros_orchestrator.runtime.workloads import find_stress_ng
     from kloros_orchestrator.statedir import check_state_dir
 
+    # From here on a stop signal is never fatal: recorded now, replayed once the daemon's loop runs.
+    early = EarlyStops().install()
     overrides: dict[str, Any] = {}
     if args.state_dir:
         overrides["state_dir"] = args.state_dir
@@ -137,7 +140,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     find_stress_ng()  # exit 3 with the install command before anything starts
     try:
-        return run_daemon(loaded, once=args.once)
+        return run_daemon(loaded, once=args.once, early=early)
     except StateDirError as e:  # found by the daemon's own start-up (the lock, a full disk)
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG

@@ -161,3 +161,19 @@ def test_options_and_durations_run_would_refuse_are_validate_errors(tmp_path: Pa
     assert f"{p}: phase.window.duration: at most 24h" in text
     assert f"{p}: domain_options.cpu.bogus: unknown option" in text
     assert f"{p}: domain_options.nonsense: unknown domain" in text
+
+
+def test_generic_int_knob_with_fractional_bounds_is_a_config_error(tmp_path: Path) -> None:
+    # validate used to accept it and `run` then died building the search space (exit 1, traceback).
+    cfg = {
+        "state_dir": str(tmp_path / "s"),
+        "dream": {"domains": ["fracbounds"]},
+        "domain_options": {
+            "fracbounds": {
+                "kind": "generic",
+                "knobs": {"level": {"type": "int", "low": 1.5, "high": 10, "scope": "process", "default": 2}},
+            }
+        },
+    }
+    found = problems_of(write(tmp_path, cfg))
+    assert any("domain_options.fracbounds" in p and "whole-number bounds" in p for p in found), found

@@ -115,6 +115,9 @@ def parse_yaml_metrics(text: str) -> list[StressorMetric]:
         doc = _load_yaml(text)
     except yaml.YAMLError as exc:
         raise MissingMetrics(f"stress-ng YAML is not parseable: {exc}") from exc
+    except RecursionError:
+        # stress-ng never nests more than a few levels; a 100,000-deep document is not a report.
+        raise MissingMetrics("stress-ng YAML is nested too deeply to be a metrics report") from None
     if not isinstance(doc, Mapping):
         raise MissingMetrics("stress-ng YAML is not a mapping")
     entries = doc.get("metrics")

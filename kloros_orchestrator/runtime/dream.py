@@ -185,8 +185,11 @@ class DreamLoop:
         if prior is not None and prior.engine:
             try:
                 restored = Evolution.from_state(prior.engine)
-            except (KeyError, ValueError, TypeError) as e:
-                logger.error("saved engine state for {} unusable ({}); starting a new search", name, e)
+            except Exception as e:  # a snapshot from disk is untrusted data: any failure → fresh search
+                logger.error("saved engine state for {} unusable ({!r}); starting a new search", name, e)
+                self.events.record(
+                    "search_restarted", domain=name, reason=f"saved engine unusable: {e!r}"[:300]
+                )
             else:
                 # The host (CPU count, cpufreq, ...) or the code may have changed since: a search
                 # over knobs or ranges this host no longer has would ask for genomes it rejects.

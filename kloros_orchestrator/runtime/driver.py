@@ -61,7 +61,7 @@ from kloros_orchestrator.core.coordinator import (
     WindowOpened,
 )
 from kloros_orchestrator.core.schedule import Schedule, Window
-from kloros_orchestrator.errors import SchemaError
+from kloros_orchestrator.errors import SchemaError, StateDirError
 from kloros_orchestrator.measure.sensors import Sensors, discover_sensors
 from kloros_orchestrator.model import REGIMES, TrialResult
 from kloros_orchestrator.phase.results import PhaseResults, latest_results, load_results
@@ -83,16 +83,17 @@ from kloros_orchestrator.runtime.records import (
     OpenWindow,
     Progress,
     iso,
-    load_saved_state,
     save_state,
 )
 from kloros_orchestrator.runtime.startup import (
     host_timezone,
-    lock_state_dir,
     manifest_fields,
     open_domains,
+    open_state_dir,
+    window_after_restart,
     write_run_manifest,
 )
+from kloros_orchestrator.runtime.stop_signals import STOP_SIGNALS, EarlyStops
 from kloros_orchestrator.runtime.workloads import (
     become_subreaper,
     find_stress_ng,
@@ -104,7 +105,6 @@ from kloros_orchestrator.spica.registry import available_domains, open_journal
 from kloros_orchestrator.store import StatePaths, append_jsonl
 
 WINDOW_RECHECK_S = 600.0  # re-evaluate the calendar at least this often (clock jumps, DST)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 
 
 class Daemon:
@@ -117,6 +117,7 @@ class Daemon:
         analyze: Analyzer = analyze_in_worker,
         runner: TrialRunner | None = None,
         hold_signals: bool = False,
+        early: EarlyStops | None = None,
     ) -> None:
         """Stores its inputs; nothing here touches the host. ``runner`` replaces the real
         ``Evaluator`` (tests); ``analyze`` the PHASE analysis worker; ``hold_signals`` keeps the
@@ -128,6 +129,7 @@ class Daemon:
         self.analyze = analyze
         self._runner = runner
         self.hold_signals = hold_signals
+        self.early = early  # stop signals recorded before the loop ran (replayed by _signals)
         self.paths = StatePaths(loaded.state_dir)
         self.run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{os.getpid()}"
         self.coord = Coordinator()
@@ -147,10 +149,18 @@ class Daemon:
     # --- start-up ---------------------------------------------------------------------------------
 
     async def startup(self) -> None:
-        """Everything that touches the host before the loop runs; raises KlorosError when it cannot."""
+        """Everything that touches the host before the loop runs; raises KlorosError when it cannot
+        (a disk error at start-up — full, read-only — is one line naming the path: exit 2)."""
+        try:
+            await self._startup()
+        except OSError as e:
+            raise StateDirError(e.filename or self.paths.root, e.strerror or str(e)) from e
+
+    async def _startup(self) -> None:
         self.started_at = self.clock()
-        self.paths.ensure()
-        self._lock_fd = lock_state_dir(self.paths.root)  # before touching the journal or state
+        self._lock_fd, self.saved = open_state_dir(
+            self.paths, socket_dir=self.loaded.socket_path.parent, events=self.events, now=self.started_at
+        )
         # Orphans of a workload (a stressor that daemonises) are re-parented to us, so every process
         # a trial starts can be found and killed when the trial ends.
         self._was_subreaper = is_subreaper()
@@ -158,7 +168,6 @@ class Daemon:
         logger.info(
             "kloros-orchestrator {} starting (pid {}, state {})", __version__, os.getpid(), self.paths.root
         )
-        self.saved = load_saved_state(self.paths.runtime_state, now=self.started_at)
         # Restore targets come from the declared knobs of every registered domain, never from the
         # journal's own contents (entries are data: they only supply the value).
         self.journal = await anyio.to_thread.run_sync(
@@ -401,33 +410,9 @@ class Daemon:
 
     def _resume_open_window(self) -> None:
         """A restart inside a window whose PHASE never completed resumes it; never runs one twice."""
-        ow = self.saved.open_window
-        if ow is None:
-            return
-        now = self.clock()
-        if now < ow.end:
-            logger.info("resuming PHASE for window {} opened before the restart", ow.window_id)
-            self.dispatch(
-                WindowOpened(
-                    window_id=ow.window_id,
-                    start=ow.start,
-                    end=ow.end,
-                    catch_up=ow.catch_up,
-                    manual=ow.manual,
-                    now=now,
-                )
-            )
-            return
-        self.saved.open_window = None
-        if ow.manual:
-            logger.warning("manual window {} closed while the daemon was down", ow.window_id)
-            return
-        # Its PHASE never completed: one catch-up now (Persistent-style, see the README), never a burst.
-        logger.warning("window {} closed while its PHASE was interrupted; catching up now", ow.window_id)
-        end = now + self.schedule.duration_s
-        self.dispatch(
-            WindowOpened(window_id=f"{ow.window_id}+catchup", start=now, end=end, catch_up=True, now=now)
-        )
+        event = window_after_restart(self.saved, self.clock(), self.schedule.duration_s)
+        if event is not None:
+            self.dispatch(event)
 
     # --- status and requests ----------------------------------------------------------------------
 
@@ -524,6 +509,13 @@ class Daemon:
     async def _serve_socket(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         await serve_control(self.loaded.socket_path, self.handle_request, task_status=task_status)
 
+    def _on_signal(self, signum: int) -> None:
+        name = signal.Signals(signum).name
+        # Once stopping, more signals are expected (impatient operators): quietly.
+        level = "DEBUG" if self.coord.state is State.STOPPING else "INFO"
+        logger.log(level, "{} received in state {}", name, self.coord.state)
+        self.dispatch(StopRequested(reason=name, interrupt=signum == signal.SIGINT, now=self.clock()))
+
     async def _signals(self) -> None:
         # Signals can only be received in the main thread; open_signal_receiver replaces handlers,
         # and leaving it puts the *default* ones back (a late SIGTERM would then kill us with -15).
@@ -531,15 +523,11 @@ class Daemon:
         # burst ends in exit 0 (or 130 for a forced second SIGINT).
         try:
             with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                for signum in self.early.take() if self.early is not None else []:
+                    self._on_signal(signum)
                 try:
                     async for signum in signals:
-                        name = signal.Signals(signum).name
-                        # Once stopping, more signals are expected (impatient operators): quietly.
-                        level = "DEBUG" if self.coord.state is State.STOPPING else "INFO"
-                        logger.log(level, "{} received in state {}", name, self.coord.state)
-                        self.dispatch(
-                            StopRequested(reason=name, interrupt=signum == signal.SIGINT, now=self.clock())
-                        )
+                        self._on_signal(signum)
                 finally:
                     if self.hold_signals:
                         signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
@@ -555,6 +543,8 @@ class Daemon:
         """The task group, until the coordinator says ``Shutdown`` (or ``--once`` is done)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            if self.stop_reason is not None:  # a stop signal arrived during start-up
+                return
             await tg.start(self._serve_socket)
             self.dispatch(Started(now=self.clock()))
             self.notifier.ready()
@@ -597,8 +587,8 @@ class Daemon:
         return 0
 
 
-def run_daemon(loaded: LoadedConfig, *, once: bool = False) -> int:
-    return anyio.run(Daemon(loaded, once=once, hold_signals=True).serve)
+def run_daemon(loaded: LoadedConfig, *, once: bool = False, early: EarlyStops | None = None) -> int:
+    return anyio.run(Daemon(loaded, once=once, hold_signals=True, early=early).serve)
 
 
 __all__ = ["Daemon", "run_daemon"]

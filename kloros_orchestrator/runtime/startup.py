@@ -18,11 +18,15 @@ from loguru import logger
 
 from kloros_orchestrator import __version__
 from kloros_orchestrator.config import LoadedConfig
+from kloros_orchestrator.core.coordinator import WindowOpened
 from kloros_orchestrator.errors import KlorosError, UnsafeStateDir
+from kloros_orchestrator.runtime.ports import EventLog
+from kloros_orchestrator.runtime.records import SavedState, read_saved_state
 from kloros_orchestrator.safefs import RefusedFile, open_regular
 from kloros_orchestrator.spica.base import SpicaDomain, code_hash
 from kloros_orchestrator.spica.knobs import KnobJournal
 from kloros_orchestrator.spica.registry import get_domain_class
+from kloros_orchestrator.statedir import check_state_dir
 from kloros_orchestrator.store import StatePaths, atomic_write_json
 
 
@@ -53,6 +57,53 @@ def lock_state_dir(root: Path) -> int:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
     return fd
+
+
+def open_state_dir(
+    paths: StatePaths, *, socket_dir: Path, events: EventLog, now: float
+) -> tuple[int, SavedState]:
+    """Check the state directory (refusing one another user could steer, moving our own bad
+    entries aside), take its lock, and read the saved state; returns (lock fd, saved state).
+
+    What was moved aside is recorded (``state_entry_rejected``, ``state_rejected``), so the same bad
+    state never fails two starts in a row.
+    """
+    moved = check_state_dir(paths.root, socket_dir=socket_dir)
+    fd = lock_state_dir(paths.root)  # before touching the journal or state
+    for r in moved:
+        events.record("state_entry_rejected", **r.fields())
+    saved, rejected = read_saved_state(paths.runtime_state, now=now)
+    if rejected is not None:
+        logger.error("saved state rejected: {}", rejected.reason)
+        events.record("state_rejected", **rejected.fields())
+    return fd, saved
+
+
+def window_after_restart(saved: SavedState, now: float, duration_s: float) -> WindowOpened | None:
+    """The window to open at start-up for one whose PHASE never completed (``saved.open_window``):
+    itself while it is still open; one catch-up when it closed during the downtime (Persistent-style,
+    see the README; never a burst); nothing for a manual one that closed. Clears what is settled."""
+    ow = saved.open_window
+    if ow is None:
+        return None
+    if now < ow.end:
+        logger.info("resuming PHASE for window {} opened before the restart", ow.window_id)
+        return WindowOpened(
+            window_id=ow.window_id,
+            start=ow.start,
+            end=ow.end,
+            catch_up=ow.catch_up,
+            manual=ow.manual,
+            now=now,
+        )
+    saved.open_window = None
+    if ow.manual:
+        logger.warning("manual window {} closed while the daemon was down", ow.window_id)
+        return None
+    logger.warning("window {} closed while its PHASE was interrupted; catching up now", ow.window_id)
+    return WindowOpened(
+        window_id=f"{ow.window_id}+catchup", start=now, end=now + duration_s, catch_up=True, now=now
+    )
 
 
 def host_timezone(name: str | None) -> zoneinfo.ZoneInfo:
@@ -129,4 +180,12 @@ def write_run_manifest(
     )
 
 
-__all__ = ["host_timezone", "lock_state_dir", "manifest_fields", "open_domains", "write_run_manifest"]
+__all__ = [
+    "host_timezone",
+    "lock_state_dir",
+    "manifest_fields",
+    "open_domains",
+    "open_state_dir",
+    "window_after_restart",
+    "write_run_manifest",
+]

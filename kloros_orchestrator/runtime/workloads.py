@@ -80,6 +80,7 @@ from kloros_orchestrator.runtime.stressng_argv import (
     stress_ng_version,
     timeout_seconds,
 )
+from kloros_orchestrator.safefs import read_bounded
 
 __all__ = [
     "ERROR_TAIL_BYTES",
@@ -219,9 +220,14 @@ def _make_rundir(workdir: Path) -> Path:
     return Path(tempfile.mkdtemp(prefix="run-", dir=workdir))
 
 
+YAML_CAP_BYTES: Final = 4 * 1024 * 1024  # a metrics report is a few KiB; never read without bound
+
+
 def _read_text(path: Path) -> str | None:
+    """stress-ng's report: a regular file in our private run directory, bounded; None when absent,
+    a link, not a regular file, or larger than any real report."""
     try:
-        return path.read_text(errors="replace")
+        return read_bounded(path, max_bytes=YAML_CAP_BYTES).decode(errors="replace")
     except OSError:
         return None
 

@@ -138,6 +138,8 @@ class Knob:
                 out.append(f"need finite low < high (got {self.low!r}..{self.high!r})")
             elif self.log and self.low <= 0:
                 out.append("log scale needs low > 0")
+            elif self.type == "int" and not all(float(b).is_integer() for b in (self.low, self.high)):
+                out.append(f"int knobs need whole-number bounds (got {self.low!r}..{self.high!r})")
             if self.choices:
                 out.append("int/float knobs take no choices")
         else:

@@ -260,7 +260,11 @@ def test_welch_matches_scipy(
         assert_close(t, ref_t, rel=1e-9)
     else:
         assert t == ref_t
-    assert_close(p, ref_p)
+    if ref_p == 0.0 and abs(ref_t) > 1e150:
+        # scipy's stdtr returns 0 once t² overflows; the true tail is tiny but not zero.
+        assert p <= 1e-100
+    else:
+        assert_close(p, ref_p)
     assert df >= 1.0 or np.var(a) == np.var(b) == 0.0
 
 

@@ -302,3 +302,10 @@ def test_real_stress_ng_run_parses(tmp_path: Path) -> None:
         assert kpis[P50] <= kpis[P95] <= kpis[P99]
     version = subprocess.run(["stress-ng", "--version"], capture_output=True, text=True, check=False)
     assert read_stress_ng_version(version.stdout + version.stderr) is not None
+
+
+@pytest.mark.parametrize("nested", ["[" * 100_000, "metrics:\n" + "- " * 50_000 + "x\n", "{a: " * 60_000])
+def test_absurdly_nested_yaml_is_missing_metrics_not_a_crash(nested: str) -> None:
+    # A broken or hostile stress-ng must fail the trial with a reason, never the tournament.
+    with pytest.raises(MissingMetrics):
+        parse_yaml_metrics(nested)

@@ -439,6 +439,13 @@ async def test_a_saved_search_that_no_longer_fits_the_host_starts_again(tmp_path
     broken.loop.restore({TUNE: DomainProgress(engine={"schema": "nonsense"}, generation=4)})
     assert broken.loop.searches[TUNE].generation == 4 and broken.loop.searches[TUNE].engine.generation == 0
 
+    # A snapshot whose values make the engine's own decoder fail in any way (a fault campaign found
+    # AttributeError from released_at = -1e300) is a fresh search, not a crash loop.
+    hostile = {**snap[TUNE].engine, "released_at": -1e300} if snap[TUNE].engine else {}
+    again = open_dream_rig(tmp_path / "state", {TUNE: first})
+    again.loop.restore({TUNE: DomainProgress(engine=hostile, generation=2)})
+    assert again.loop.searches[TUNE].generation == 2
+
 
 def test_phase_subjects_leave_out_variants_equal_to_stock(tmp_path: Path, tune: SpicaDomain) -> None:
     good = {**TUNE_STOCK, "swappiness": 10}

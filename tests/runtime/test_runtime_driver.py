@@ -9,6 +9,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from kloros_orchestrator.runtime.evaluate import TrialCounters
 from kloros_orchestrator.runtime.phase_runner import Analyzer, analyze_in_thread
 from kloros_orchestrator.runtime.ports import EventLog
 from kloros_orchestrator.runtime.records import OpenWindow, SavedState, load_saved_state, save_state
+from kloros_orchestrator.runtime.stop_signals import STOP_SIGNALS, EarlyStops
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.spica.registry import unregister
 
@@ -543,3 +545,22 @@ async def test_dispatch_of_an_event_the_state_does_not_accept_returns_false(rig:
     states.append(d.coord.state)
     assert states == [State.STARTING, State.EVOLVING, State.EVOLVING] and d.gate.is_open
     assert rig.names() == ["started"]  # refused events leave no trace in events.jsonl
+
+
+async def test_a_stop_signal_during_start_up_is_replayed_and_ends_cleanly(rig: Rig) -> None:
+    before = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    try:
+        early = EarlyStops().install()
+        os.kill(os.getpid(), signal.SIGTERM)  # before any event loop receiver exists: recorded
+        d = rig.daemon()
+        d.early = early
+        with anyio.fail_after(WAIT_S):
+            rc = await d.serve()
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+    assert rc == 0
+    stops = [e for e in rig.events() if e["event"] == "stop_requested"]
+    assert [e["reason"] for e in stops] == ["SIGTERM"]
+    assert rig.names()[-1] == "stopped"
+    knobs_restored(rig)
