@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import resource
 import shutil
 import socket
@@ -49,6 +48,7 @@ from anyio.streams.buffered import BufferedByteReceiveStream
 from loguru import logger
 
 from kloros_orchestrator.errors import ControlError, DaemonAlreadyRunning, DaemonNotRunning
+from kloros_orchestrator.safefs import nesting_exceeds
 
 MAX_LINE_BYTES: Final = 64 * 1024  # one request line
 MAX_JSON_DEPTH: Final = 32  # nested arrays/objects in one request
@@ -91,27 +91,6 @@ def default_max_connections() -> int:
 
 # A JSON string, possibly unterminated (the decoder reports that). Possessive quantifiers and
 # matching the unterminated case too keep the substitution linear in the line's length.
-_JSON_STRING: Final = re.compile(rb'"(?:[^"\\]++|\\.)*+"?', re.DOTALL)
-_NOT_BRACKETS: Final = bytes(b for b in range(256) if b not in b"[]{}")
-_OPENERS: Final = frozenset(b"[{")
-
-
-def nesting_exceeds(line: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
-    """Whether ``line`` nests arrays/objects deeper than ``limit``, brackets inside strings ignored.
-
-    A cheap scan of the raw bytes, so that a hostile line never reaches the recursive decoder;
-    it does not validate anything else.
-    """
-    if line.count(b"[") + line.count(b"{") <= limit:
-        return False
-    depth = 0
-    for bracket in _JSON_STRING.sub(b"", line).translate(None, _NOT_BRACKETS):
-        depth += 1 if bracket in _OPENERS else -1
-        if depth > limit:
-            return True
-    return False
-
-
 def _check_length(path: Path, what: str = "socket path") -> None:
     size = len(os.fsencode(path))
     if size > UNIX_PATH_MAX:
@@ -176,7 +155,7 @@ def _remove_if_ours(path: Path, ident: tuple[int, int]) -> None:
 
 
 async def _respond(raw: bytes, handler: Handler) -> bytes:
-    if nesting_exceeds(raw):
+    if nesting_exceeds(raw, MAX_JSON_DEPTH):
         return _error(f"request nested deeper than {MAX_JSON_DEPTH} arrays/objects")
     try:
         request = json.loads(raw)

@@ -29,10 +29,10 @@ from kloros_orchestrator.runtime.control import (
     MAX_JSON_DEPTH,
     MAX_LINE_BYTES,
     default_max_connections,
-    nesting_exceeds,
     query,
     serve_control,
 )
+from kloros_orchestrator.safefs import nesting_exceeds
 
 STATUS = b'{"cmd": "status"}\n'
 TOO_DEEP = "arrays/objects"
@@ -231,7 +231,7 @@ def test_nesting_scan(line: bytes, exceeds: bool) -> None:
 )
 def test_nesting_scan_of_a_hostile_full_line_is_linear(line: bytes) -> None:
     started = time.perf_counter()
-    nesting_exceeds(line + b"[" * (MAX_JSON_DEPTH + 1))
+    nesting_exceeds(line + b"[" * (MAX_JSON_DEPTH + 1), MAX_JSON_DEPTH)
     assert time.perf_counter() - started < 0.5  # about 10 ms; a quadratic scan would take minutes
 
 
