@@ -15,6 +15,7 @@ from loguru import logger
 
 from kloros_orchestrator import __version__
 from kloros_orchestrator.errors import ConfigError, KlorosError, StateDirError, ToolMissing
+from kloros_orchestrator.stop_signals import EARLY
 
 if TYPE_CHECKING:
     from kloros_orchestrator.safefs import Rejected
@@ -107,14 +108,14 @@ def _validate(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
+    # From here on (from __main__'s first lines under `python -m`) a stop signal is never fatal:
+    # recorded now, replayed once the daemon's loop runs. Before the heavy imports below.
+    early = EARLY.install()
     from kloros_orchestrator.config import load_config
     from kloros_orchestrator.runtime.driver import run_daemon
-    from kloros_orchestrator.runtime.stop_signals import EarlyStops
     from kloros_orchestrator.runtime.workloads import find_stress_ng
     from kloros_orchestrator.statedir import check_state_dir
 
-    # From here on a stop signal is never fatal: recorded now, replayed once the daemon's loop runs.
-    early = EarlyStops().install()
     overrides: dict[str, Any] = {}
     if args.state_dir:
         overrides["state_dir"] = args.state_dir

@@ -93,7 +93,6 @@ from kloros_orchestrator.runtime.startup import (
     window_after_restart,
     write_run_manifest,
 )
-from kloros_orchestrator.runtime.stop_signals import STOP_SIGNALS, EarlyStops
 from kloros_orchestrator.runtime.workloads import (
     become_subreaper,
     find_stress_ng,
@@ -102,6 +101,7 @@ from kloros_orchestrator.runtime.workloads import (
     stress_ng_version,
 )
 from kloros_orchestrator.spica.registry import available_domains, open_journal
+from kloros_orchestrator.stop_signals import STOP_SIGNALS, EarlyStops
 from kloros_orchestrator.store import StatePaths, append_jsonl
 
 WINDOW_RECHECK_S = 600.0  # re-evaluate the calendar at least this often (clock jumps, DST)

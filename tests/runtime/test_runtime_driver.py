@@ -44,9 +44,9 @@ from kloros_orchestrator.runtime.evaluate import TrialCounters
 from kloros_orchestrator.runtime.phase_runner import Analyzer, analyze_in_thread
 from kloros_orchestrator.runtime.ports import EventLog
 from kloros_orchestrator.runtime.records import OpenWindow, SavedState, load_saved_state, save_state
-from kloros_orchestrator.runtime.stop_signals import STOP_SIGNALS, EarlyStops
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.spica.registry import unregister
+from kloros_orchestrator.stop_signals import STOP_SIGNALS, EarlyStops
 
 DOMAIN = "knobby"
 KNOB_PATH = "proc/sys/kt/level"

@@ -24,6 +24,7 @@ class EarlyStops:
         self._received: list[int] = []
 
     def install(self) -> EarlyStops:
+        """Record stop signals from now on (idempotent; returns itself)."""
         for sig in STOP_SIGNALS:
             signal.signal(sig, self._record)
         return self
@@ -37,4 +38,8 @@ class EarlyStops:
         return taken
 
 
-__all__ = ["STOP_SIGNALS", "EarlyStops"]
+# The one recorder of the process: ``__main__`` installs it before anything heavy is imported, the CLI
+# hands it to the daemon.
+EARLY: Final = EarlyStops()
+
+__all__ = ["EARLY", "STOP_SIGNALS", "EarlyStops"]
