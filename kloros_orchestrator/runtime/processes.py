@@ -460,17 +460,20 @@ async def supervise(
     started_at = time.time()
     t0 = time.monotonic()
     token = uuid.uuid4().hex
-    process = await anyio.open_process(
-        argv,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        cwd=cwd,
-        env={**env, RUN_TOKEN_ENV: token},
-        start_new_session=True,
-    )
-    tracked = _Tracked(process, token)
-    _RUNNING[process.pid] = tracked
+    # Shielded: a stop arriving while the child is being forked must not leave it running and
+    # unregistered (nobody would kill it); once registered, the stop path below takes care of it.
+    with anyio.CancelScope(shield=True):
+        process = await anyio.open_process(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env={**env, RUN_TOKEN_ENV: token},
+            start_new_session=True,
+        )
+        tracked = _Tracked(process, token)
+        _RUNNING[process.pid] = tracked
     logger.debug("workload {} started: {}", process.pid, argv)
     out, err = _Tail(STDOUT_CAP_BYTES), _Tail(LOG_CAP_BYTES)
     exited_at: float | None = None
