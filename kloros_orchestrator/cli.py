@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from loguru import logger
 
 from kloros_orchestrator import __version__
-from kloros_orchestrator.errors import ConfigError, KlorosError, StateDirError, ToolMissing
+from kloros_orchestrator.errors import ConfigError, KlorosError, StateDirError, ToolMissing, state_dir_error
 from kloros_orchestrator.stop_signals import EARLY
 
 if TYPE_CHECKING:
@@ -136,9 +136,10 @@ def _run(args: argparse.Namespace) -> int:
     except StateDirError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG
-    except OSError as e:  # read-only, full, or vanished under us
-        print(f"error: {_one_line(e)}", file=sys.stderr)
-        return EXIT_CONFIG
+    except OSError as e:  # read-only or vanished (exit 2); full or failing (exit 1: retried later)
+        err = state_dir_error(e, loaded.state_dir)
+        print(f"error: {err}", file=sys.stderr)
+        return EXIT_CONFIG if isinstance(err, StateDirError) else EXIT_FAILURE
     find_stress_ng()  # exit 3 with the install command before anything starts
     try:
         return run_daemon(loaded, once=args.once, early=early)
@@ -156,12 +157,6 @@ def _record_moved(state_dir: Path, moved: list[Rejected]) -> None:
     for r in moved:
         logger.warning("{} was {}: moved aside to {}", r.path, r.reason, r.moved_to)
         events.record("state_entry_rejected", **r.fields())
-
-
-def _one_line(e: OSError) -> str:
-    """``path: reason`` of an OSError, on one line."""
-    text = f"{e.filename}: {e.strerror}" if e.filename is not None and e.strerror else str(e)
-    return text.replace("\n", "\\n")
 
 
 def _setup_logging(level: str, state_dir: Path) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+
 
 class KlorosError(Exception):
     """Root of every error this package raises on purpose."""
@@ -59,6 +61,29 @@ class StateDirError(KlorosError):
         self.reason = reason
         # One line whatever the path holds: the message is what ``run`` prints before exiting.
         super().__init__(f"{self.path}: {reason}".replace("\n", "\\n"))
+
+
+class StateDirUnavailable(KlorosError):
+    """The state directory cannot be used *for now* (disk full, I/O error, quota): one line, exit 1,
+    so a supervisor (systemd's Restart=) tries again once the disk is back."""
+
+    def __init__(self, path: object, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason} (retrying later may succeed)".replace("\n", "\\n"))
+
+
+TRANSIENT_ERRNOS: frozenset[int] = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EIO, errno.ENOMEM})
+
+
+def state_dir_error(exc: OSError, fallback: object) -> KlorosError:
+    """An OSError met on the state directory as one line: transient ones (full, I/O, quota) exit 1
+    and are retried by a supervisor; the rest (read-only, permission, not a directory) exit 2."""
+    path = exc.filename or fallback
+    reason = exc.strerror or str(exc)
+    if exc.errno in TRANSIENT_ERRNOS:
+        return StateDirUnavailable(path, reason)
+    return StateDirError(path, reason)
 
 
 class UnsafeStateDir(StateDirError):

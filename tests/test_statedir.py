@@ -8,6 +8,7 @@ temporary directory to uid 65534 (nobody), which needs root, as the daemon itsel
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import socket
@@ -18,7 +19,13 @@ from pathlib import Path
 import anyio
 import pytest
 
-from kloros_orchestrator.errors import KlorosError, UnsafeStateDir
+from kloros_orchestrator.errors import (
+    KlorosError,
+    StateDirError,
+    StateDirUnavailable,
+    UnsafeStateDir,
+    state_dir_error,
+)
 from kloros_orchestrator.runtime.startup import lock_state_dir
 from kloros_orchestrator.safefs import Rejected, make_dirs
 from kloros_orchestrator.statedir import check_state_dir
@@ -290,3 +297,21 @@ def test_a_lock_of_another_user_is_refused(tmp_path: Path) -> None:
     os.chown(tmp_path / "lock", NOBODY, NOBODY)
     with pytest.raises(UnsafeStateDir, match=f"owned by uid {NOBODY}"):
         lock_state_dir(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("code", "transient"),
+    [
+        (errno.ENOSPC, True),
+        (errno.EIO, True),
+        (errno.EDQUOT, True),
+        (errno.EROFS, False),
+        (errno.EACCES, False),
+    ],
+)
+def test_a_disk_error_is_one_line_and_only_a_passing_one_is_retried(code: int, transient: bool) -> None:
+    # systemd's unit does not restart on exit 2: a full disk must exit 1 so the daemon comes back.
+    err = state_dir_error(OSError(code, os.strerror(code), "/srv/state/state.json"), "/srv/state")
+    assert isinstance(err, StateDirUnavailable) is transient
+    assert isinstance(err, StateDirError) is not transient
+    assert "\n" not in str(err) and str(err).startswith("/srv/state/state.json: ")

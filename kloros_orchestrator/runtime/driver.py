@@ -61,7 +61,7 @@ from kloros_orchestrator.core.coordinator import (
     WindowOpened,
 )
 from kloros_orchestrator.core.schedule import Schedule, Window
-from kloros_orchestrator.errors import SchemaError, StateDirError
+from kloros_orchestrator.errors import SchemaError, state_dir_error
 from kloros_orchestrator.measure.sensors import Sensors, discover_sensors
 from kloros_orchestrator.model import REGIMES, TrialResult
 from kloros_orchestrator.phase.results import PhaseResults, latest_results, load_results
@@ -150,11 +150,12 @@ class Daemon:
 
     async def startup(self) -> None:
         """Everything that touches the host before the loop runs; raises KlorosError when it cannot
-        (a disk error at start-up — full, read-only — is one line naming the path: exit 2)."""
+        (a disk error at start-up is one line naming the path: exit 2, or 1 when it may pass — a
+        full disk — so that systemd restarts the daemon once it has)."""
         try:
             await self._startup()
         except OSError as e:
-            raise StateDirError(e.filename or self.paths.root, e.strerror or str(e)) from e
+            raise state_dir_error(e, self.paths.root) from e
 
     async def _startup(self) -> None:
         self.started_at = self.clock()
@@ -560,8 +561,11 @@ class Daemon:
             await kill_all_running(1.0)
             for p in await anyio.to_thread.run_sync(self.journal.restore_all):
                 logger.error("knob restore at stop: {}", p)
-            self.save_state()
-            self.events.record("stopped", reason=self.stop_reason or "done")
+            try:
+                self.save_state()
+                self.events.record("stopped", reason=self.stop_reason or "done")
+            except OSError as e:  # a full disk must not turn a clean stop into a traceback
+                logger.error("cannot record the stop: {}", e)
             logger.info("stopped ({})", self.stop_reason or "done")
             self.release_lock()
             set_child_subreaper(self._was_subreaper)  # no workload is left: as we found the process
