@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
             "--socket", help="the daemon's socket (default: from --config or the embedded default)"
         )
         q.add_argument("--config", type=Path, help="read the socket path from this dream.yaml")
+        q.add_argument(
+            "--wait",
+            type=float,
+            default=0.0,
+            metavar="S",
+            help="wait up to S seconds for a daemon that is still starting (default: 0)",
+        )
         if name == "status":
             q.add_argument("--json", action="store_true", help="print the raw status object")
 
@@ -180,9 +187,9 @@ def _socket_path(args: argparse.Namespace) -> Path:
 
 
 def _status(args: argparse.Namespace) -> int:
-    from kloros_orchestrator.runtime.control import query
+    from kloros_orchestrator.runtime.control import query_waiting
 
-    reply = query(_socket_path(args), {"cmd": "status"})
+    reply = query_waiting(_socket_path(args), {"cmd": "status"}, wait_s=args.wait)
     if not reply.get("ok"):
         print(f"error: {reply.get('error', 'daemon answered not ok')}", file=sys.stderr)
         return EXIT_FAILURE
@@ -195,9 +202,9 @@ def _status(args: argparse.Namespace) -> int:
 
 
 def _phase_now(args: argparse.Namespace) -> int:
-    from kloros_orchestrator.runtime.control import query
+    from kloros_orchestrator.runtime.control import query_waiting
 
-    reply = query(_socket_path(args), {"cmd": "phase-now"})
+    reply = query_waiting(_socket_path(args), {"cmd": "phase-now"}, wait_s=args.wait)
     if not reply.get("ok"):
         print(f"error: {reply.get('error', 'daemon refused')}", file=sys.stderr)
         return EXIT_FAILURE

@@ -37,6 +37,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Final
@@ -370,3 +371,22 @@ def query(path: Path | str, request: dict[str, Any], timeout: float = 5.0) -> di
     if not isinstance(response, dict):
         raise ControlError("the daemon's answer is not a JSON object")
     return response
+
+
+def query_waiting(
+    path: Path | str, request: dict[str, Any], *, wait_s: float, timeout: float = 5.0
+) -> dict[str, Any]:
+    """:func:`query`, but a daemon that is not listening *yet* (just started with ``run &``) is
+    given up to ``wait_s`` seconds. A client-side bounded retry with back-off: the daemon offers no
+    event a client could wait on before its socket exists."""
+    deadline = time.monotonic() + max(0.0, wait_s)
+    delay = 0.05
+    while True:
+        try:
+            return query(path, request, timeout)
+        except DaemonNotRunning:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise
+            time.sleep(min(delay, left))  # a CLI process, not the daemon's event loop
+            delay = min(2 * delay, 0.5)

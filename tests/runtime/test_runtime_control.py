@@ -9,6 +9,7 @@ import shutil
 import socket
 import stat
 import tempfile
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import anyio.abc
 import pytest
 
 from kloros_orchestrator import errors
-from kloros_orchestrator.runtime.control import MAX_LINE_BYTES, query, serve_control
+from kloros_orchestrator.runtime.control import MAX_LINE_BYTES, query, query_waiting, serve_control
 
 
 @pytest.fixture
@@ -169,3 +170,31 @@ def test_query_without_a_daemon_raises_daemon_not_running(sock_dir: Path) -> Non
 async def test_overlong_socket_path_is_a_clear_error(sock_dir: Path) -> None:
     with pytest.raises(errors.ControlError, match="at most 107"):
         await serve_control(sock_dir / ("x" * 120), handler)
+
+
+def test_waiting_for_a_daemon_that_never_comes_gives_up_with_not_running(sock_dir: Path) -> None:
+    with pytest.raises(errors.DaemonNotRunning):
+        query_waiting(sock_dir / "none.sock", {"cmd": "status"}, wait_s=0.0)
+    started = time.monotonic()
+    with pytest.raises(errors.DaemonNotRunning):
+        query_waiting(sock_dir / "none.sock", {"cmd": "status"}, wait_s=0.3)
+    assert time.monotonic() - started >= 0.3  # it did wait (and then gave up)
+
+
+async def test_waiting_client_is_answered_by_a_daemon_that_starts_after_it(sock_dir: Path) -> None:
+    # `run … &` then `status --wait S` at once: the socket appears after the client started asking.
+    path = sock_dir / "late.sock"
+    replies: list[dict[str, Any]] = []
+
+    with anyio.fail_after(20):
+        async with anyio.create_task_group() as tg:
+
+            async def client() -> None:
+                ask = lambda: query_waiting(path, {"cmd": "status"}, wait_s=20)  # noqa: E731
+                replies.append(await anyio.to_thread.run_sync(ask))
+                tg.cancel_scope.cancel()  # answered: stop the server
+
+            tg.start_soon(client)
+            assert not path.exists()
+            await tg.start(serve_control, path, handler)
+    assert replies[0]["ok"] is True and replies[0]["status"]["state"] == "evolving"
