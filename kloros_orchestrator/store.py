@@ -18,8 +18,6 @@ from typing import Any, Final
 import msgspec
 
 from kloros_orchestrator.safefs import (
-    DIR_MODE,
-    PRIVATE_DIR_MODE,
     fsync_dir,
     make_dirs,
     nesting_exceeds,
@@ -170,11 +168,6 @@ class StatePaths:
     @property
     def tmp(self) -> Path:
         return self.root / "tmp"
-
-    def ensure(self) -> None:
-        for p in (self.artifacts, self.manifests, self.phase, self.logs, self.scratch, self.tmp):
-            make_dirs(p, DIR_MODE)
-        make_dirs(self.journal, PRIVATE_DIR_MODE)
 
 
 __all__ = [

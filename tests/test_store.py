@@ -10,6 +10,7 @@ import pytest
 
 from kloros_orchestrator.runtime.ports import EventLog
 from kloros_orchestrator.safefs import RefusedFile
+from kloros_orchestrator.statedir import check_state_dir
 from kloros_orchestrator.store import (
     StatePaths,
     append_jsonl,
@@ -81,9 +82,9 @@ def test_reading_back_is_bounded_and_never_recurses(tmp_path: Path) -> None:
         read_json(tmp_path / "zero.json")
 
 
-def test_ensure_makes_the_journal_private(tmp_path: Path) -> None:
+def test_the_state_layout_is_created_with_a_private_journal(tmp_path: Path) -> None:
     paths = StatePaths(tmp_path / "state")
-    paths.ensure()
+    check_state_dir(paths.root, socket_dir=None)  # the one place that creates the layout
     assert stat.S_IMODE(paths.journal.stat().st_mode) == 0o700
     assert stat.S_IMODE(paths.logs.stat().st_mode) == 0o755
     assert paths.lock == paths.root / "lock" and paths.daemon_log == paths.logs / "daemon.log"

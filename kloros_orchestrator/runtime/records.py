@@ -219,7 +219,6 @@ class Progress:
     tournament_total: int = 0
     tournaments: int = 0
     pacing: dict[str, Any] = field(default_factory=lambda: {"last_sleep_s": None, "reason": "not paced yet"})
-    phase: dict[str, Any] | None = None  # PHASE's progress while a window runs
 
 
 __all__ = [

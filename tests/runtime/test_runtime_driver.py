@@ -20,6 +20,7 @@ from typing import Any
 import anyio
 import pytest
 import yaml
+from fakes import FakeClock
 
 from kloros_orchestrator.config import LoadedConfig, load_config
 from kloros_orchestrator.core.coordinator import (
@@ -59,17 +60,6 @@ CONTRACT_STATUS_FIELDS = {
     "state", "domain", "generation", "tournament", "next_window", "last_phase", "pacing", "domains",
     "pid", "uptime_s", "version", "counters",
 }  # fmt: skip
-
-
-class FakeClock:
-    def __init__(self, t: float = T0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-    def advance(self, seconds: float) -> None:
-        self.t += seconds
 
 
 class WatchedLog(EventLog):
@@ -211,7 +201,7 @@ def rig() -> Iterator[Rig]:
         },
     }
     (root / "dream.yaml").write_text(yaml.safe_dump(cfg))
-    r = Rig(root, load_config(root / "dream.yaml"), FakeClock(), knob_file, FakeRunner(knob_file))
+    r = Rig(root, load_config(root / "dream.yaml"), FakeClock(T0), knob_file, FakeRunner(knob_file))
     yield r
     for d in list(r.daemons):
         r.release(d)
