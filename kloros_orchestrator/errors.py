@@ -166,6 +166,21 @@ class CommandFailed(WorkloadFailed):
     reason = "command_failed"
 
 
+class KnobDrift(WorkloadFailed):
+    """A knob of the candidate under test no longer held the value written for it, read back before or
+    after the workload: another tool (TuneD, ``sysctl --system``, an operator) rewrote it, so the
+    numbers would measure someone else's settings. ``drift``: one ``path, expected X, found Y`` each.
+
+    Its ``reason`` is the prefix of the trial's failure text (``knob drift: ...``), not an identifier.
+    """
+
+    reason = "knob drift"
+
+    def __init__(self, drift: list[str]) -> None:
+        self.drift = list(drift)
+        super().__init__("; ".join(self.drift))
+
+
 class WorkloadAborted(WorkloadFailed):
     """The run was stopped by ``kill_all_running`` (daemon shutdown), not by its own outcome."""
 

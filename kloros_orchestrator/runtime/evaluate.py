@@ -5,7 +5,9 @@ stress-ng YAML (throughput), the cyclic probe's percentile lines (latency), and 
 (temperature, power). Absent sensors leave their KPI absent. Every KPI a trial returns is a finite
 number, and >= 0 except a temperature in °C: anything else (a negative rate, NaN, an overflow to
 infinity) is no measurement and fails the trial with its reason. A failed, short or cap-breaching
-trial is returned as ``ok=False`` with its reason; its numbers are never used.
+trial is returned as ``ok=False`` with its reason; its numbers are never used. So is a trial whose
+knobs were rewritten under it (read back right after ``apply`` and again once the workload ended):
+its failure starts with :data:`DRIFT_PREFIX` (see :func:`is_drift`).
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Final
 
 import anyio
 import msgspec
 from loguru import logger
 
-from kloros_orchestrator.errors import DomainError, MissingMetrics, ToolMissing, WorkloadFailed
+from kloros_orchestrator.errors import DomainError, KnobDrift, MissingMetrics, ToolMissing, WorkloadFailed
 from kloros_orchestrator.measure.caps import CapLimit, check_caps
 from kloros_orchestrator.measure.sensors import Sensors, TrialSampler
 from kloros_orchestrator.measure.stressng_output import latency_kpis, parse_cyclic_percentiles, throughput
@@ -29,6 +32,9 @@ from kloros_orchestrator.runtime.workloads import run_stress_ng
 from kloros_orchestrator.spica.base import SpicaDomain
 
 SAMPLE_PERIOD_S = 0.5  # live cap checks at 2 Hz (the contract asks for at least 1 Hz)
+# How the failure text of a trial whose knobs another tool rewrote starts: "knob drift: <path>,
+# expected <x>, found <y>" (several joined with "; ").
+DRIFT_PREFIX: Final = f"{KnobDrift.reason}: "
 
 
 # KPIs on a scale where a negative value is a real reading (the sensors accept down to -50 °C).
@@ -52,6 +58,20 @@ def kpi_problems(kpis: Mapping[str, object]) -> list[str]:
             continue
         problems.append(f"invalid KPI {name}: {value!r} ({why})")
     return problems
+
+
+def is_drift(result_or_failure: TrialResult | str | None) -> bool:
+    """Whether a trial (or its failure text) failed because a knob no longer held its value."""
+    failure = result_or_failure.failure if isinstance(result_or_failure, TrialResult) else result_or_failure
+    return failure is not None and failure.startswith(DRIFT_PREFIX)
+
+
+async def read_back(domain: SpicaDomain, genome: Genome) -> None:
+    """Raise :class:`KnobDrift` when a knob of ``genome`` no longer holds what was applied (off the
+    event loop: a knob file can be slow to read)."""
+    drift = await anyio.to_thread.run_sync(domain.drift, genome)
+    if drift:
+        raise KnobDrift(drift)
 
 
 @dataclass
@@ -143,6 +163,7 @@ class Evaluator:
         """Apply, run with live cap checks, extract KPIs; returns (kpis, cap breaches)."""
         # Knob writes can block (a slow sysfs file, an external tool): never on the event loop.
         await anyio.to_thread.run_sync(domain.apply, genome)
+        await read_back(domain, genome)
         workload = domain.build_workload(regime, genome, duration_s=duration_s)
         if cpus is not None:
             own = set(workload.cpus) if workload.cpus is not None else set(cpus)
@@ -180,6 +201,8 @@ class Evaluator:
                 failed = e
             tg.cancel_scope.cancel()
         sensor_kpis = sampler.finish(self.clock())
+        # First: numbers (and breaches) measured under someone else's settings say nothing of this genome.
+        await read_back(domain, genome)
         if breach:
             return {}, breach
         if failed is not None:

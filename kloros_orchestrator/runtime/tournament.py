@@ -9,6 +9,10 @@ however it ends.
 
 Trials of process-scoped domains may run ``max_parallel`` at a time, each on its own disjoint CPU
 set; system-scoped domains always run one trial at a time (two candidates would share one sysctl).
+
+A trial failing as ``knob drift`` (another tool rewrote a knob under it) is kept in
+``TournamentOutcome.drift``; at :data:`DRIFT_LIMIT` of them the tournament starts no further trial
+(those in flight finish, the partial round is not raced) rather than fighting the other tool.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import anyio
 import numpy as np
@@ -24,11 +29,13 @@ from loguru import logger
 from kloros_orchestrator.engine import Candidate, Race
 from kloros_orchestrator.measure.packs import round_score
 from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
+from kloros_orchestrator.runtime.evaluate import is_drift
 from kloros_orchestrator.runtime.ports import TrialRunner
 from kloros_orchestrator.runtime.records import Progress
 from kloros_orchestrator.spica.base import SpicaDomain
 
 ArmResults = dict[str, list[TrialResult]]  # regime -> trials of one arm
+DRIFT_LIMIT: Final = 3  # knob-drift failures after which a tournament stops starting trials
 
 
 def cpu_slices(cpu_ids: tuple[int, ...], k: int) -> list[tuple[int, ...]]:
@@ -48,6 +55,12 @@ class TournamentOutcome:
     race: Race
     unsafe: dict[str, list[str]] = field(default_factory=dict)
     duration_s: float = 0.0
+    drift: list[str] = field(default_factory=list)  # failure texts of the trials failed as knob drift
+
+    @property
+    def drift_stopped(self) -> bool:
+        """True when the tournament stopped early on :data:`DRIFT_LIMIT` knob-drift failures."""
+        return len(self.drift) >= DRIFT_LIMIT
 
     @property
     def stock(self) -> ArmResults:
@@ -107,6 +120,9 @@ class Tournament:
         try:
             for rnd in range(self.trials):
                 await self._round()
+                if out.drift_stopped:
+                    self._stop_on_drift()
+                    break
                 self._race_round()
                 alive = [c for c in out.race.survivors() if c not in out.unsafe]
                 left = self.trials - rnd - 1
@@ -128,6 +144,8 @@ class Tournament:
         self.rng.shuffle(order)
         width = len(self.slices)
         for i in range(0, len(order), width):
+            if out.drift_stopped:
+                return
             batch = list(zip(order[i : i + width], self.slices, strict=False))
             if len(batch) == 1:
                 (arm, regime), cpus = batch[0]
@@ -150,7 +168,18 @@ class Tournament:
         self.outcome.results[arm][regime].append(tr)
         if tr.cap_breach:
             self.outcome.unsafe.setdefault(arm, []).append(f"{regime}: {tr.cap_breach}")
+        if is_drift(tr):
+            self.outcome.drift.append(tr.failure or "")
         pr.tournament_done += 1
+
+    def _stop_on_drift(self) -> None:
+        drift = self.outcome.drift
+        self.progress.tournament_total = self.progress.tournament_done
+        logger.warning(
+            "tournament {}: stopped after {} knob-drift failures: another tool keeps rewriting its knobs; "
+            "last: {}",
+            self.domain.name, len(drift), drift[-1],
+        )  # fmt: skip
 
     def _race_round(self) -> None:
         out, race = self.outcome, self.outcome.race
@@ -170,4 +199,4 @@ class Tournament:
                 logger.info("race: {} eliminated: {}", c, race.eliminated.get(c))
 
 
-__all__ = ["ArmResults", "Tournament", "TournamentOutcome", "cpu_slices"]
+__all__ = ["DRIFT_LIMIT", "ArmResults", "Tournament", "TournamentOutcome", "cpu_slices"]

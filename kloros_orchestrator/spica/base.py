@@ -30,6 +30,7 @@ from kloros_orchestrator.spica.knobs import (
     discover_knob,
     file_target,
     journal_original,
+    read_knob,
     write_value,
 )
 
@@ -171,7 +172,10 @@ class SpicaDomain(abc.ABC):
     non-writable knobs are dropped with one log line each; no knob left → ``unsupported``), then
     per candidate ``apply(genome)`` → trials → ``restore()``. System knobs are written only through
     the :class:`KnobJournal`, originals first; process knobs are never written anywhere — they shape
-    the :class:`WorkloadSpec` (instances, CPU set, nice, scheduling policy, environment).
+    the :class:`WorkloadSpec` (instances, CPU set, nice, scheduling policy, environment). Before and
+    after every trial :meth:`drift` reads the knob files back: a value another tool (TuneD,
+    ``sysctl --system``, an operator) rewrote fails the trial as ``knob drift`` instead of measuring
+    someone else's settings.
 
     Restore: a journal acts only on declared knobs (see ``spica/journal.py``). ``discover()``
     declares this domain's knobs in its journal; at start-up, before a crashed run's journal is
@@ -464,6 +468,28 @@ class SpicaDomain(abc.ABC):
             raise DomainError(f"{self.name}: applying {current} failed: {exc}{extra}") from exc
 
     @final
+    def drift(self, genome: Mapping[str, Any]) -> list[str]:
+        """Every file of a file-backed system knob that no longer holds what :meth:`apply` wrote for
+        ``genome``, as ``"<path>, expected <text>, found <live text>"``; compared by value (a bracket
+        file by its active value, ``"60\\n"`` equals 60, floats to a relative 1e-9). An unreadable file
+        is a drift too. File-less and process knobs are not checked."""
+        full = self.validate_genome(genome)
+        out: list[str] = []
+        for knob in self.knobs:
+            if knob.scope != "system" or knob.path is None:
+                continue
+            want = full[knob.name]
+            for path in knob.resolve_paths(self.sysfs_root):
+                try:
+                    live = read_knob(path, self.sysfs_root)
+                except (OSError, UnicodeDecodeError, KlorosError) as exc:
+                    out.append(f"{path}, expected {knob.encode(want)}, found unreadable: {exc}")
+                    continue
+                if not _holds(knob, live, want):
+                    out.append(f"{path}, expected {knob.encode(want)}, found {live.strip()}")
+        return out
+
+    @final
     def restore(self) -> list[str]:
         """Write back every original this domain journaled; return problems (failed entries kept,
         entries that are not this domain's declared knobs moved aside)."""
@@ -529,6 +555,19 @@ class SpicaDomain(abc.ABC):
     def telemetry(self, event: str, **fields: Any) -> dict[str, Any]:
         """An event record for events.jsonl: ``{"ts", "event", "domain", ...fields}``."""
         return {"ts": time.time(), "event": event, "domain": self.name, **fields}
+
+
+def _holds(knob: Knob, text: str, want: Scalar) -> bool:
+    """Whether a knob file's ``text`` holds the value ``want`` (see :meth:`SpicaDomain.drift`)."""
+    try:
+        live = knob.decode(text)
+    except ValueError:
+        return False
+    if knob.type == "float":
+        return math.isclose(float(live), float(want), rel_tol=1e-9, abs_tol=1e-12)
+    if knob.type == "choice":
+        return str(live) == str(want)
+    return live == want
 
 
 def _put_external(domain: SpicaDomain, knob: Knob, key: str, original: str) -> None:
