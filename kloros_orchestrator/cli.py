@@ -1,4 +1,5 @@
-"""Command line: ``run``, ``status``, ``phase-now``, ``validate``. The only place that exits."""
+"""Command line: ``run``, ``status``, ``phase-now``, ``validate``; ``apply``, ``rollback``, ``verify``
+and ``export`` live in ``cli_host``. The only place that exits."""
 
 from __future__ import annotations
 
@@ -7,13 +8,14 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from kloros_orchestrator import __version__
+from kloros_orchestrator import __version__, cli_host
 from kloros_orchestrator.errors import ConfigError, KlorosError, StateDirError, ToolMissing, state_dir_error
 from kloros_orchestrator.stop_signals import EARLY
 
@@ -59,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
 
     v = sub.add_parser("validate", help="check dream.yaml, regimes and caps; print every problem")
     v.add_argument("--config", type=Path, help="dream.yaml (default: the embedded default)")
+    cli_host.add_parsers(sub)
     return p
 
 
@@ -72,6 +75,8 @@ def _single(exc: BaseException) -> BaseException:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command in cli_host.COMMANDS:
+            return _guarded(lambda: cli_host.run(args, argv))
         return _main(args)
     except BaseExceptionGroup as group:
         leaf = _single(group)
@@ -79,6 +84,19 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {leaf}", file=sys.stderr)
         return EXIT_TOOL_MISSING if isinstance(leaf, ToolMissing) else EXIT_FAILURE
+
+
+def _guarded(command: Callable[[], int]) -> int:
+    """Run a command; its errors as one line (exit 2 for a bad config, 1 otherwise)."""
+    try:
+        return command()
+    except ConfigError as e:
+        for problem in e.problems:
+            print(problem, file=sys.stderr)
+        return EXIT_CONFIG
+    except KlorosError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _main(args: argparse.Namespace) -> int:

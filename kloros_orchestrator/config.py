@@ -17,10 +17,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 import msgspec
 
@@ -75,6 +76,22 @@ class DreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     pacing: PacingConfig = msgspec.field(default_factory=PacingConfig)
 
 
+class PromotionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What happens to a variant PHASE promoted: ``manual`` lists it as pending (``apply`` adopts
+    it); ``auto`` adopts it at the end of the window (README, "From verdict to host")."""
+
+    mode: Literal["manual", "auto"] = "manual"
+
+
+# domain_options keys about a domain rather than for its class: never handed to the class.
+DOMAIN_META_KEYS: Final = frozenset({"kind", "unit"})
+
+
+def class_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A domain's options as its class takes them (without :data:`DOMAIN_META_KEYS`)."""
+    return {k: v for k, v in options.items() if k not in DOMAIN_META_KEYS}
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str = "./var"
     socket: str | None = None  # default: <state_dir>/kloros.sock
@@ -87,6 +104,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bootstrap_samples: int = 2000
     dream: DreamConfig = msgspec.field(default_factory=DreamConfig)
     phase: PhaseConfig = msgspec.field(default_factory=PhaseConfig)
+    promotion: PromotionConfig = msgspec.field(default_factory=PromotionConfig)
     # Per-domain options (command domains' command/knobs/kpis, storage device, generic domains).
     domain_options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
@@ -224,12 +242,15 @@ def _register_generic_domains(cfg: Config, file: str, problems: list[str], broke
         if name in broken or opts.get("kind") != "generic":
             continue
         try:
-            make_generic_domain(name, {k: v for k, v in opts.items() if k != "kind"})
+            make_generic_domain(name, class_options(opts))
         except DomainError as e:
             problems.append(f"{file}: domain_options.{key_text(name)}: {e}")
         except (TypeError, ValueError) as e:
             # A value of a shape the option parser did not expect (a list where a word belongs).
             problems.append(f"{file}: domain_options.{key_text(name)}: options of an unexpected shape ({e})")
+
+
+_UNIT_RE: Final = re.compile(r"^[A-Za-z0-9:_.@\\-]{1,250}$")
 
 
 def _check_domain_options(
@@ -238,12 +259,17 @@ def _check_domain_options(
     from kloros_orchestrator.spica.registry import get_domain_class
 
     for name, opts in cfg.domain_options.items():
+        unit = opts.get("unit") if name not in broken else None
+        if unit is not None and not (isinstance(unit, str) and _UNIT_RE.match(unit)):
+            problems.append(
+                f"{file}: domain_options.{key_text(name)}.unit: {shown(unit)} is not a systemd unit name"
+            )
         if name in broken or opts.get("kind") == "generic":
             continue
         if name not in known:
             problems.append(f"{file}: domain_options.{key_text(name)}: unknown domain")
             continue
-        allowed = get_domain_class(name).option_keys
+        allowed = get_domain_class(name).option_keys | {"unit"}
         hint = ", ".join(sorted(allowed)) or "none"
         for key in sorted(set(opts) - allowed, key=str):
             where = f"domain_options.{name}.{key_text(key)}"

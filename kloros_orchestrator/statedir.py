@@ -51,7 +51,7 @@ from kloros_orchestrator.store import StatePaths
 WALK_LIMIT: Final = 20_000  # entries looked at; a longer PHASE history is not walked to its end
 
 # How many levels below state_dir the walk lists, per top-level directory.
-_LIST_DEPTH: Final = {"artifacts": 3, "phase": 2, "logs": 1, "journal": 1, "scratch": 1, "tmp": 1}
+_LIST_DEPTH: Final = {"artifacts": 3, "phase": 2, "logs": 1, "journal": 1, "scratch": 1, "tmp": 1, "host": 1}
 _LATEST: Final = re.compile(r"phase/(latest|\.latest\.\d+\.tmp)")  # the link and its staging copy
 
 
@@ -60,9 +60,13 @@ class _Layout:
 
     def __init__(self, root: Path) -> None:
         p = StatePaths(root)
-        files = (p.lock, p.runtime_state, p.baselines, p.events, p.trials, p.fitness_history, p.daemon_log)
+        files = (
+            p.lock, p.runtime_state, p.baselines, p.events, p.trials, p.fitness_history, p.daemon_log,
+            p.factory, p.adopted,
+        )  # fmt: skip
         self.files = frozenset(str(f.relative_to(root)) for f in files)
         dirs = [p.artifacts, p.artifacts / "candidates", p.manifests, p.phase, p.logs, p.scratch, p.tmp]
+        dirs.append(p.host)
         self.dirs = {str(d.relative_to(root)): DIR_MODE for d in dirs}
         self.dirs[str(p.journal.relative_to(root))] = PRIVATE_DIR_MODE
 

@@ -158,6 +158,18 @@ class StatePaths:
         return self.root / "journal"
 
     @property
+    def host(self) -> Path:
+        return self.root / "host"
+
+    @property
+    def factory(self) -> Path:
+        return self.host / "factory.json"
+
+    @property
+    def adopted(self) -> Path:
+        return self.host / "adopted.json"
+
+    @property
     def runtime_state(self) -> Path:
         return self.root / "state.json"
 

@@ -18,7 +18,7 @@ import re
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import anyio
@@ -105,6 +105,8 @@ class DreamLoop:
         run_id: str,
         stress_ng_version: str | None,
         on_status: Callable[[str], object] | None = None,
+        host_lock: anyio.Lock | None = None,
+        before_tournament: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
         self.settings = settings
         self.cfg = settings.dream
@@ -120,6 +122,10 @@ class DreamLoop:
         self.clock = clock
         self.run_id = run_id
         self.on_status = on_status
+        # Held while a tournament runs: the host's configuration changes only between tournaments.
+        self.host_lock = host_lock or anyio.Lock()
+        self.before_tournament = before_tournament
+        self.phase_stock: dict[str, Genome] = {}  # the stock arms handed to the last PHASE
         self.searches: dict[str, DomainSearch] = {}
         self.domain_index = 0
         self.best_history: deque[float] = deque(maxlen=ROLLING)
@@ -135,8 +141,16 @@ class DreamLoop:
 
     # --- set-up and persistence ------------------------------------------------------------------
 
-    def restore(self, saved: Mapping[str, DomainProgress], domain_index: int = 0) -> None:
-        """Build every runnable domain's search, resuming a saved one where it still fits this host."""
+    def restore(
+        self,
+        saved: Mapping[str, DomainProgress],
+        domain_index: int = 0,
+        current: Mapping[str, Genome] | None = None,
+    ) -> None:
+        """Build every runnable domain's search, resuming a saved one where it still fits this host.
+
+        ``current``: each domain's current configuration (adopted, else factory; default the values
+        found at discovery), the stock arm of its tournaments."""
         self.domain_index = domain_index
         for name in self.runnable():
             dom = self.domains[name]
@@ -144,7 +158,7 @@ class DreamLoop:
             eng = self._make_engine(name, dom, prior)
             self.searches[name] = DomainSearch(
                 domain=dom,
-                stock=dom.stock_genome(),
+                stock=dict((current or {}).get(name) or dom.stock_genome()),
                 engine=eng,
                 committed=eng.state(),
                 generation=prior.generation if prior else self._next_generation_on_disk(name),
@@ -202,6 +216,12 @@ class DreamLoop:
         seed = int(np.random.SeedSequence(seed_of(self.settings.seed, name)).generate_state(1)[0])
         # The stock genome is not a candidate: the stock arm is measured in every tournament anyway.
         return Evolution(space, population=self.cfg.population, seed=seed, elite=self.cfg.elite)
+
+    def set_current(self, name: str, genome: Genome) -> None:
+        """The domain's configuration changed (adopted, rolled back): the stock arm from now on."""
+        s = self.searches.get(name)
+        if s is not None:
+            s.stock = dict(genome)
 
     def snapshot(self) -> dict[str, DomainProgress]:
         """Every domain's search as it stands after its last finished tournament."""
@@ -296,7 +316,11 @@ class DreamLoop:
         """One tournament; a failure in it is logged and never wedges the coordinator."""
         gen = self.searches[name].generation
         try:
-            failed = await self._run_tournament(name)
+            async with self.host_lock:
+                if self.before_tournament is not None:
+                    await self.before_tournament()  # a configuration change waiting for this boundary
+                gen = self.searches[name].generation
+                failed = await self._run_tournament(name)
         except Exception as e:
             # A bug or an unexpected host error: the knobs are already restored (the tournament's
             # finally). Report the tournament done so a window waiting in DRAINING proceeds; back off.
@@ -373,6 +397,7 @@ class DreamLoop:
                 for h in [h for h in s.hall_of_fame if h.genome != s.stock][:max_variants]
             }
             out[name] = (s.domain, s.stock, variants)
+            self.phase_stock[name] = dict(s.stock)
         return out
 
     def collapse(self, results: PhaseResults, *, source: str) -> dict[str, object]:

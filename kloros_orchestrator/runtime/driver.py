@@ -62,12 +62,14 @@ from kloros_orchestrator.core.coordinator import (
 )
 from kloros_orchestrator.core.schedule import Schedule, Window
 from kloros_orchestrator.errors import SchemaError, state_dir_error
+from kloros_orchestrator.host.store import HostStore
 from kloros_orchestrator.measure.sensors import Sensors, discover_sensors
 from kloros_orchestrator.model import REGIMES, TrialResult
 from kloros_orchestrator.phase.results import PhaseResults, latest_results, load_results
 from kloros_orchestrator.runtime.control import serve_control
 from kloros_orchestrator.runtime.dream import DreamLoop, DreamSettings
 from kloros_orchestrator.runtime.evaluate import Evaluator
+from kloros_orchestrator.runtime.host_keeper import HOST_COMMANDS, HostKeeper
 from kloros_orchestrator.runtime.notify import Notifier
 from kloros_orchestrator.runtime.phase_runner import (
     Analyzer,
@@ -85,6 +87,7 @@ from kloros_orchestrator.runtime.records import (
     iso,
     save_state,
 )
+from kloros_orchestrator.runtime.signals import receive_stop_signals
 from kloros_orchestrator.runtime.startup import (
     host_timezone,
     manifest_fields,
@@ -101,7 +104,7 @@ from kloros_orchestrator.runtime.workloads import (
     stress_ng_version,
 )
 from kloros_orchestrator.spica.registry import available_domains, open_journal
-from kloros_orchestrator.stop_signals import STOP_SIGNALS, EarlyStops
+from kloros_orchestrator.stop_signals import EarlyStops
 from kloros_orchestrator.store import StatePaths, append_jsonl
 
 WINDOW_RECHECK_S = 600.0  # re-evaluate the calendar at least this often (clock jumps, DST)
@@ -145,6 +148,7 @@ class Daemon:
         self._phase_error: str | None = None
         self._tg: anyio.abc.TaskGroup | None = None
         self._lock_fd: int | None = None
+        self.host_lock = anyio.Lock()  # held by a tournament or a PHASE window: no config change then
 
     # --- start-up ---------------------------------------------------------------------------------
 
@@ -202,7 +206,13 @@ class Daemon:
         domains = await anyio.to_thread.run_sync(open_domains, self.loaded, self.journal, self.paths)
         self._known_domains = await anyio.to_thread.run_sync(available_domains)
         self.dream = self._make_dream(domains)
-        self.dream.restore(self.saved.engines, self.saved.domain_index)
+        self.keeper = HostKeeper(
+            store=HostStore(self.paths), sysfs_root=self.loaded.sysfs_root, mode=self.cfg.promotion.mode,
+            events=self.events, lock=self.host_lock, set_current=self.dream.set_current,
+        )  # fmt: skip
+        self.keeper.phase_stock = self.dream.phase_stock
+        current = await anyio.to_thread.run_sync(self.keeper.startup, domains)
+        self.dream.restore(self.saved.engines, self.saved.domain_index, current)
         self.phase = self._make_phase()
         if not self.once:
             self._collapse_from_disk()
@@ -239,6 +249,8 @@ class Daemon:
             run_id=self.run_id,
             stress_ng_version=self.stress_ng_version,
             on_status=lambda text: self.notifier.status(f"{self.coord.state}: {text}"),
+            host_lock=self.host_lock,
+            before_tournament=lambda: self.keeper.settle(),
         )
 
     def _make_phase(self) -> PhaseRunner:
@@ -280,6 +292,7 @@ class Daemon:
         changes = self.dream.collapse(results, source=source)
         self.saved.last_collapsed = results.run_id
         self.save_state()
+        self.keeper.collapsed(results)  # pending promotions; adopted at once in `promotion: auto`
         return changes
 
     # --- persistence and records ------------------------------------------------------------------
@@ -426,7 +439,7 @@ class Daemon:
             w = self.schedule.next_window(now, self.saved.last_opened_start)
             nw = {"start": iso(w.start), "end": iso(w.end), "open": False, "window_id": w.window_id}
         pr = self.progress
-        counters = self.evaluator.counters
+        c = self.evaluator.counters
         return {
             "state": str(self.coord.state),
             "domain": pr.domain,
@@ -439,14 +452,11 @@ class Daemon:
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),
             "version": __version__,
-            "counters": {
-                "tournaments": pr.tournaments,
-                "trials": counters.trials,
-                "failed_trials": counters.failed_trials,
-            },
+            "counters": {"tournaments": pr.tournaments, "trials": c.trials, "failed_trials": c.failed_trials},
             "sensors": {"missing": dict(self.sensors.missing)},
             "stress_ng": self.stress_ng_version,
             "phase": self.phase.progress,
+            "host": self.keeper.status(),
         }
 
     def _status_line(self) -> str:
@@ -464,7 +474,10 @@ class Daemon:
             if not self.coord.window_may_open or not self.open_window(w, manual=True):
                 return {"ok": False, "error": f"cannot open a window in state {self.coord.state}"}
             return {"ok": True, "message": f"PHASE window {w.window_id} opened", "window_id": w.window_id}
-        return {"ok": False, "error": f"unknown command {cmd!r} (known: status, phase-now)"}
+        if cmd in HOST_COMMANDS:
+            return await self.keeper.request(req)
+        known = ", ".join(("status", "phase-now", *HOST_COMMANDS))
+        return {"ok": False, "error": f"unknown command {cmd!r} (known: {known})"}
 
     # --- tasks ------------------------------------------------------------------------------------
 
@@ -479,7 +492,10 @@ class Daemon:
     async def _run_phase(self, w: StartPhase) -> None:
         self._phase_error = None
         try:
-            outcome = await self.phase.run_window(w, self.dream.phase_subjects(self.cfg.phase.max_variants))
+            async with self.host_lock:  # a configuration change waits for the window's end
+                await self.keeper.settle()
+                subjects = self.dream.phase_subjects(self.cfg.phase.max_variants)
+                outcome = await self.phase.run_window(w, subjects)
         except Exception as e:
             # Never leave D-REAM paused behind a failed PHASE: report it; the collapse resumes D-REAM.
             logger.exception("PHASE for window {} failed", w.window_id)
@@ -518,25 +534,7 @@ class Daemon:
         self.dispatch(StopRequested(reason=name, interrupt=signum == signal.SIGINT, now=self.clock()))
 
     async def _signals(self) -> None:
-        # Signals can only be received in the main thread; open_signal_receiver replaces handlers,
-        # and leaving it puts the *default* ones back (a late SIGTERM would then kill us with -15).
-        # With hold_signals, they are blocked before the receiver closes and ignored after, so any
-        # burst ends in exit 0 (or 130 for a forced second SIGINT).
-        try:
-            with anyio.open_signal_receiver(*STOP_SIGNALS) as signals:
-                for signum in self.early.take() if self.early is not None else []:
-                    self._on_signal(signum)
-                try:
-                    async for signum in signals:
-                        self._on_signal(signum)
-                finally:
-                    if self.hold_signals:
-                        signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
-        finally:
-            if self.hold_signals:
-                for sig in STOP_SIGNALS:
-                    signal.signal(sig, signal.SIG_IGN)
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)  # pending ones: ignored
+        await receive_stop_signals(self._on_signal, early=self.early, hold_signals=self.hold_signals)
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -547,6 +545,7 @@ class Daemon:
             if self.stop_reason is not None:  # a stop signal arrived during start-up
                 return
             await tg.start(self._serve_socket)
+            self.keeper.bind(lambda: tg.start_soon(self.keeper.settle_when_free))
             self.dispatch(Started(now=self.clock()))
             self.notifier.ready()
             if not self.once:

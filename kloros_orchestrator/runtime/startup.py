@@ -17,7 +17,7 @@ from typing import Any
 from loguru import logger
 
 from kloros_orchestrator import __version__
-from kloros_orchestrator.config import LoadedConfig
+from kloros_orchestrator.config import LoadedConfig, class_options
 from kloros_orchestrator.core.coordinator import WindowOpened
 from kloros_orchestrator.errors import KlorosError, UnsafeStateDir
 from kloros_orchestrator.runtime.ports import EventLog
@@ -134,7 +134,7 @@ def open_domains(loaded: LoadedConfig, journal: KnobJournal, paths: StatePaths) 
             journal=journal,
             regimes=loaded.regimes.get(name, {}),
             scratch_dir=paths.scratch / name,
-            options={k: v for k, v in cfg.domain_options.get(name, {}).items() if k != "kind"},
+            options=class_options(cfg.domain_options.get(name, {})),
             config_hash=loaded.config_hash,
         )
         dom.discover()

@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 from loguru import logger
 
+from kloros_orchestrator.config import class_options
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.spica.journal import KnobJournal, Runner
@@ -122,14 +123,14 @@ def declare_restore_targets(
 ) -> list[str]:
     """Declare in ``journal`` the restorable knobs of every registered domain; return problems.
 
-    Each class is built with its ``domain_options`` (``kind`` dropped) but not discovered: nothing is
-    probed or written. A domain that cannot be built is reported and skipped; its journal entries are
-    then rejected by the restore, the others' still restored.
+    Each class is built with its ``domain_options`` (``kind`` and ``unit`` dropped) but not
+    discovered: nothing is probed or written. A domain that cannot be built is reported and skipped;
+    its journal entries are then rejected by the restore, the others' still restored.
     """
     problems: list[str] = []
     options = domain_options or {}
     for name in available_domains():
-        opts = {k: v for k, v in options.get(name, {}).items() if k != "kind"}
+        opts = class_options(dict(options.get(name, {})))
         try:
             dom = _REGISTRY[name](
                 sysfs_root=Path(sysfs_root),
