@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup venv stress-ng run test lint typecheck unit bench bench-quick bench-deps clean
+.PHONY: setup venv stress-ng tuned run test lint typecheck unit bench bench-quick bench-deps clean
 
 setup: venv stress-ng
 
@@ -27,6 +27,18 @@ stress-ng:
 		exit 3; \
 	fi
 
+# TuneD (Debian's package too) only for the tests that load exported profiles with TuneD's own loader:
+# installed when we are root; otherwise, or when apt-get fails, a message, and those tests skip.
+tuned:
+	@if /usr/bin/python3 -c 'import tuned' >/dev/null 2>&1; then \
+		echo "tuned: $$(/usr/bin/python3 -c 'import tuned.version as v; print(v.TUNED_VERSION_STR)')"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y tuned || \
+			echo "tuned could not be installed: the TuneD export tests will be skipped." >&2; \
+	else \
+		echo "tuned is not installed and this is not root: the TuneD export tests will be skipped (to run them: 'sudo apt-get update && sudo apt-get install -y tuned')." >&2; \
+	fi
+
 run: setup
 	$(PY) -m kloros_orchestrator run
 
@@ -39,7 +51,7 @@ typecheck: venv
 # Unit tests first, with the runtime's line coverage by unit tests alone (goal: >= 85 %), then the
 # end-to-end tests (real daemon, real stress-ng, real signals).
 RUNTIME_COVERAGE ?= 85
-unit: setup
+unit: setup tuned
 	$(PY) -m pytest -q -m "not e2e" --cov=kloros_orchestrator.runtime --cov-report=term \
 		--cov-fail-under=$(RUNTIME_COVERAGE)
 	$(PY) -m pytest -q -m e2e
