@@ -258,4 +258,30 @@ def format_status(s: dict[str, Any]) -> str:
         "domains     " + ", ".join(f"{k}={v}" for k, v in domains.items()),
         "counters    " + ", ".join(f"{k}={v}" for k, v in counters.items()),
     ]
+    lines += _host_lines(s.get("host") or {}, s.get("backoff") or {})
     return "\n".join(lines)
+
+
+def _host_lines(host: dict[str, Any], backoff: dict[str, Any]) -> list[str]:
+    """What each domain runs (adopted or factory), pending promotions, domains backed off."""
+    domains = host.get("domains") or {}
+    if not domains and not backoff:
+        return []
+    runs = []
+    for name, d in domains.items():
+        a = d.get("adopted") or {}
+        what = f"adopted {a.get('cand_id')} ({a.get('by')})" if d.get("config") == "adopted" else "factory"
+        runs.append(f"{name}={what}" + (" (change pending)" if d.get("change_pending") else ""))
+    lines = [f"host        promotion {host.get('promotion', '-')}; " + ", ".join(runs)]
+    for name, d in domains.items():
+        for p in d.get("pending_promotions") or []:
+            lo, hi = p.get("score_ci95") or (0.0, 0.0)
+            lines.append(
+                f"pending     {name}: {p['cand_id']} score {p['score_v2']:+.4f} CI [{lo:+.4f}, {hi:+.4f}] "
+                f"-> kloros-orchestrator {p['apply']}"
+            )
+        if d.get("note"):
+            lines.append(f"problem     {name}: {d['note']}")
+    for name, b in backoff.items():
+        lines.append(f"backed off  {name} until {_when(b.get('until'))}: {b.get('reason')}")
+    return lines

@@ -21,6 +21,7 @@ from kloros_orchestrator.spica.base import AFFINITY, SpicaDomain, affinity_layou
 from kloros_orchestrator.spica.knobs import Knob, RefusedPath, read_knob, write_knob
 
 _TRUE = ("1", "y", "yes", "on", "true")
+_FALSE = ("0", "n", "no", "off", "false")
 
 
 @dataclass(frozen=True)
@@ -127,7 +128,11 @@ def _parse(kind: str, token: str) -> Scalar:
     if kind == "float":
         return float(token)
     if kind == "bool":
-        return token.lower() in _TRUE
+        if token.lower() in _TRUE:
+            return True
+        if token.lower() in _FALSE:
+            return False
+        raise ValueError(f"{token!r} is not a boolean")
     return token
 
 

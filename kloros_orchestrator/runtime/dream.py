@@ -37,13 +37,16 @@ from kloros_orchestrator.phase.results import PhaseResults
 from kloros_orchestrator.runtime.collapse import collapse_domain
 from kloros_orchestrator.runtime.conclude import Concluder, entry_from_pack, hall_of_fame_from_packs, promote
 from kloros_orchestrator.runtime.ports import Clock, DreamGate, EventLog, TrialRunner
-from kloros_orchestrator.runtime.records import DomainProgress, HallOfFameEntry, Progress
+from kloros_orchestrator.runtime.records import DomainProgress, HallOfFameEntry, Progress, iso
 from kloros_orchestrator.runtime.tournament import Tournament
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.store import StatePaths
 
 ROLLING = 5
 FAILURE_BACKOFF_S = 30.0
+# A domain whose knobs another tool keeps rewriting sits out, doubling from DRIFT_BACKOFF_S.
+DRIFT_BACKOFF_S = 600.0
+DRIFT_BACKOFF_MAX_S = 6 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -126,6 +129,7 @@ class DreamLoop:
         self.host_lock = host_lock or anyio.Lock()
         self.before_tournament = before_tournament
         self.phase_stock: dict[str, Genome] = {}  # the stock arms handed to the last PHASE
+        self._drift_streak: dict[str, int] = {}  # tournaments in a row stopped by knob drift
         self.searches: dict[str, DomainSearch] = {}
         self.domain_index = 0
         self.best_history: deque[float] = deque(maxlen=ROLLING)
@@ -248,6 +252,8 @@ class DreamLoop:
             for i in range(self.domain_index % len(names), len(names)):
                 self.domain_index = i
                 for _ in range(self.cfg.epochs_per_cycle):
+                    if self._backed_off(names[i]):
+                        break
                     await self._wait_for_turn(names[i], once=once)
                     await self.tournament(names[i])
             self.domain_index = 0
@@ -284,7 +290,38 @@ class DreamLoop:
         other = (busy - mark[0]) - (ours - mark[1])
         return float(min(1.0, max(0.0, other / ((wall - mark[2]) * ncpu))))
 
+    def _backed_off(self, name: str) -> bool:
+        """Whether the domain sits out (knob drift); a back-off that has ended is cleared."""
+        entry = self.progress.backoff.get(name)
+        if entry is None:
+            return False
+        if self.clock() < float(entry["until_ts"]):
+            return True
+        del self.progress.backoff[name]
+        logger.info("domain {}: back-off over; tournaments resume", name)
+        return False
+
+    def _back_off(self, name: str, drift: list[str]) -> None:
+        """Another tool keeps rewriting this domain's knobs: stop fighting it for a while."""
+        streak = self._drift_streak.get(name, 0) + 1
+        self._drift_streak[name] = streak
+        seconds = min(DRIFT_BACKOFF_MAX_S, DRIFT_BACKOFF_S * 2 ** (streak - 1))
+        until = self.clock() + seconds
+        reason = (
+            f"another tool keeps rewriting its knobs ({len(drift)} trials failed as knob drift; last: "
+            f"{drift[-1].removeprefix('knob drift: ')[:200]}); backing off for {seconds:.0f} s"
+        )
+        self.progress.backoff[name] = {"until_ts": until, "until": iso(until), "reason": reason}
+        self.events.record("domain_backoff", domain=name, seconds=seconds, reason=reason, drift=drift[-3:])
+        logger.warning("domain {}: {}", name, reason)
+
     async def _pace_after_cycle(self) -> None:
+        backed = [float(b["until_ts"]) for n, b in self.progress.backoff.items() if n in self.searches]
+        if backed and len(backed) == len(self.searches):
+            wait = max(self.cfg.pacing.min_sleep_s, min(backed) - self.clock())
+            self._record_pacing(wait, "every domain is backed off (knob drift)", {}, defer=False)
+            await self.gate.pace(wait)
+            return
         rate = None
         if len(self.best_history) >= 2:
             first, last = self.best_history[0], self.best_history[-1]
@@ -371,6 +408,10 @@ class DreamLoop:
         if best is not None and best.safe and best.aggregate.score_v2 is not None:
             s.hall_of_fame = promote(s.hall_of_fame, entry_from_pack(best))
             self.best_history.append(best.aggregate.score_v2)
+        if out.drift_stopped:
+            self._back_off(name, out.drift)
+        else:
+            self._drift_streak.pop(name, None)
         s.durations.append(out.duration_s)
         s.generation = gen + 1
         s.committed = s.engine.state()
@@ -425,4 +466,4 @@ class DreamLoop:
         return changes
 
 
-__all__ = ["FAILURE_BACKOFF_S", "DomainSearch", "DreamLoop", "DreamSettings", "seed_of"]
+__all__ = ["DRIFT_BACKOFF_S", "FAILURE_BACKOFF_S", "DomainSearch", "DreamLoop", "DreamSettings", "seed_of"]

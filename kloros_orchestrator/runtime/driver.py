@@ -209,6 +209,7 @@ class Daemon:
         self.keeper = HostKeeper(
             store=HostStore(self.paths), sysfs_root=self.loaded.sysfs_root, mode=self.cfg.promotion.mode,
             events=self.events, lock=self.host_lock, set_current=self.dream.set_current,
+            on_status=lambda text: self.notifier.status(f"{self.coord.state}: {text}"),
         )  # fmt: skip
         self.keeper.phase_stock = self.dream.phase_stock
         current = await anyio.to_thread.run_sync(self.keeper.startup, domains)
@@ -448,6 +449,7 @@ class Daemon:
             "next_window": nw,
             "last_phase": msgspec.to_builtins(self.saved.last_phase),
             "pacing": pr.pacing,
+            "backoff": {n: {k: v for k, v in b.items() if k != "until_ts"} for n, b in pr.backoff.items()},
             "domains": self.dream.domain_status(self._known_domains),
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),

@@ -45,6 +45,7 @@ class HostKeeper:
         events: EventLog,
         lock: anyio.Lock,
         set_current: Callable[[str, Genome], object],
+        on_status: Callable[[str], object] | None = None,
     ) -> None:
         self.store = store
         self.sysfs_root = Path(sysfs_root)
@@ -52,6 +53,7 @@ class HostKeeper:
         self.events = events
         self.lock = lock
         self.set_current = set_current
+        self.on_status = on_status  # one-line status (sd_notify) when the host's configuration changed
         self.domains: dict[str, SpicaDomain] = {}
         self.current: dict[str, Genome] = {}
         self.pending: set[str] = set()  # domains whose files must change at the next boundary
@@ -110,16 +112,19 @@ class HostKeeper:
             name = self.pending.pop()
             try:
                 written = await anyio.to_thread.run_sync(adoption.enforce, self.store, name, self.sysfs_root)
-                genome = self._genome_of(name)
+                genome = self._genome_of(name) if name in self.domains else None
             except (KlorosError, OSError) as e:
                 self.notes[name] = f"host configuration change failed: {e}"
                 logger.error("domain {}: {}", name, self.notes[name])
                 self.events.record("host_config_failed", domain=name, error=str(e)[:500])
                 continue
             self.notes.pop(name, None)
-            self.current[name] = genome
-            self.set_current(name, genome)
+            if genome is not None:
+                self.current[name] = genome
+                self.set_current(name, genome)
             self.events.record("host_config_applied", domain=name, files=written, genome=genome)
+            if self.on_status is not None:
+                self.on_status(f"host: {name} now runs its {self.label(name)} configuration")
             logger.info(
                 "domain {}: host now runs {} ({} file(s) written)", name, self.label(name), len(written)
             )
@@ -150,9 +155,11 @@ class HostKeeper:
         return config
 
     def rollback(self, name: str) -> None:
-        """Persist the rollback (blocking); the caller then calls :meth:`changed`."""
-        if name not in self.domains:
-            raise adoption.AdoptionRefused(f"domain {name} is not running here (see status)")
+        """Persist the rollback (blocking); the caller then calls :meth:`changed`. A domain that is
+        not enabled any more can be rolled back too: only its recorded files are written."""
+        recorded = self.store.adopted()
+        if name not in self.domains and name not in recorded.domains and name not in recorded.factory_pending:
+            raise adoption.AdoptionRefused(f"domain {name}: no adopted configuration is recorded here")
         adoption.rollback(self.store, name, None)
         self.events.record("rolled_back", domain=name)
 
@@ -190,7 +197,7 @@ class HostKeeper:
             if cmd == "apply":
                 return await self._apply(domain, req)
             if cmd == "rollback":
-                names = [domain] if domain else sorted(n for n in self.domains if self.label(n) == "adopted")
+                names = [domain] if domain else sorted(self.store.adopted().domains)
                 for name in names:
                     await anyio.to_thread.run_sync(self.rollback, name)
                     self.changed(name)

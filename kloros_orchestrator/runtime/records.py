@@ -219,6 +219,7 @@ class Progress:
     tournament_total: int = 0
     tournaments: int = 0
     pacing: dict[str, Any] = field(default_factory=lambda: {"last_sleep_s": None, "reason": "not paced yet"})
+    backoff: dict[str, dict[str, Any]] = field(default_factory=dict)  # domain -> until_ts, until, reason
 
 
 __all__ = [

@@ -157,11 +157,6 @@ def test_same_value_compares_meaning_not_bytes(
     assert same_value(kind, fmt, found, expected) is same
 
 
-@pytest.mark.xfail(
-    reason="same_value parses any bool text outside _TRUE as False, so a garbled or empty bool file "
-    "'holds' 0 (Knob.decode and SpicaDomain.drift treat it as not a boolean: drift)",
-    strict=True,
-)
 @pytest.mark.parametrize("found", ["maybe\n", "\n"])
 def test_same_value_a_bool_file_that_is_not_a_boolean_does_not_hold_false(found: str) -> None:
     assert same_value("bool", "plain", found, "0") is False

@@ -131,6 +131,11 @@ class SpicaStorage(SpicaDomain):
         return None
 
     def normalize_genome(self, genome: Genome) -> Genome:
+        if "read_ahead_kb" in genome:
+            # The kernel keeps read-ahead in whole pages (37 reads back as 36): ask only for what it
+            # keeps, or reading the knob back after a trial would see a drift that is only rounding.
+            page_kb = max(1, os.sysconf("SC_PAGE_SIZE") // 1024)
+            genome = {**genome, "read_ahead_kb": int(genome["read_ahead_kb"]) // page_kb * page_kb}
         if genome.get("io_scheduler") != "none" or "nr_requests" not in genome:
             return genome
         stock = self.stock_genome()
