@@ -166,6 +166,11 @@ class Rig:
 
 @pytest.fixture
 def rig() -> Iterator[Rig]:
+    yield from new_rig()
+
+
+def new_rig() -> Iterator[Rig]:
+    """A rig on a fresh temporary tree, removed afterwards (the ``rig`` fixture; other modules too)."""
     root = Path(tempfile.mkdtemp(prefix="kd"))  # short: the socket path must fit in 107 bytes
     knob_file = root / "sys" / KNOB_PATH
     knob_file.parent.mkdir(parents=True)
