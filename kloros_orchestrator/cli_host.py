@@ -185,10 +185,13 @@ def _verify(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     for c in checks:
         if not c.drift:
             print(f"{c.domain}: {c.config} configuration holds ({c.files} file(s))")
-            continue
-        print(f"{c.domain}: {len(c.drift)} of {c.files} file(s) drifted from the {c.config} configuration")
+        else:
+            n = len(c.drift)
+            print(f"{c.domain}: {n} of {c.files} file(s) drifted from the {c.config} configuration")
         for d in c.drift:
             print(f"drift: {d.line()}")
+        for d in c.in_trial:
+            print(f"in trial: {d.line()} (a tournament is measuring a candidate; the journal restores it)")
     return EXIT_DRIFT if drifted else EXIT_OK
 
 

@@ -16,9 +16,11 @@ thread, at a tournament boundary.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+
+import msgspec
 
 from kloros_orchestrator.errors import KlorosError, SchemaError
 from kloros_orchestrator.host.live import (
@@ -33,6 +35,8 @@ from kloros_orchestrator.host.store import HostStore
 from kloros_orchestrator.model import Genome
 from kloros_orchestrator.phase.results import PhaseResults, PromotedVariant, latest_results, load_results
 from kloros_orchestrator.runtime.records import load_saved_state
+from kloros_orchestrator.safefs import read_bounded
+from kloros_orchestrator.spica.journal import MAX_ENTRY_BYTES, JournalEntry
 from kloros_orchestrator.spica.knobs import read_knob
 from kloros_orchestrator.store import StatePaths
 
@@ -210,10 +214,30 @@ def rollback(store: HostStore, domain: str, sysfs_root: Path | None) -> list[str
 
 @dataclass(frozen=True)
 class DomainCheck:
+    """One domain's verify: files that differ (``drift``), and files that hold a trial's value while a
+    tournament runs (``in_trial``: journaled, the daemon puts the expected value back after it)."""
+
     domain: str
     config: str  # "adopted" or "factory"
     files: int
     drift: list[Drift]
+    in_trial: list[Drift] = field(default_factory=list)
+
+
+def journaled_paths(journal_dir: Path) -> set[str]:
+    """The files a trial has changed and the journal will restore (unreadable entries skipped)."""
+    out: set[str] = set()
+    try:
+        names = sorted(p for p in Path(journal_dir).iterdir() if p.suffix == ".json")
+    except OSError:
+        return out
+    for path in names:
+        try:
+            entry = msgspec.json.decode(read_bounded(path, max_bytes=MAX_ENTRY_BYTES), type=JournalEntry)
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError):
+            continue
+        out.add(entry.path)
+    return out
 
 
 def verify(store: HostStore, sysfs_root: Path, domains: Iterable[str] | None = None) -> list[DomainCheck]:
@@ -223,11 +247,14 @@ def verify(store: HostStore, sysfs_root: Path, domains: Iterable[str] | None = N
         if domains is not None
         else sorted(set(store.adopted().domains) | set(store.factory().domains))
     )
+    in_trial = journaled_paths(store.paths.journal)
     out: list[DomainCheck] = []
     for name in names:
         label, settings = expected_settings(store, name)
         files = sum(len(s.paths) for s in settings if s.scope == "system")
-        out.append(DomainCheck(name, label, files, drift_of(settings, sysfs_root)))
+        found = drift_of(settings, sysfs_root)
+        drift = [d for d in found if d.path not in in_trial]
+        out.append(DomainCheck(name, label, files, drift, [d for d in found if d.path in in_trial]))
     return out
 
 
@@ -243,6 +270,7 @@ __all__ = [
     "enforce",
     "expected_settings",
     "from_promoted",
+    "journaled_paths",
     "latest",
     "now_iso",
     "rollback",

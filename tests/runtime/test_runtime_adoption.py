@@ -78,7 +78,7 @@ async def test_apply_rollback_and_verify_over_the_socket(rig: Rig) -> None:
         assert entry["adopted"]["cand_id"] == "g0c1" and entry["adopted"]["by"] == "operator"
         assert "pending_promotions" not in entry  # the promoted variant is what runs
         checks = (await request(d, cmd="verify", domain=DOMAIN))["checks"]
-        assert checks == [{"domain": DOMAIN, "config": "adopted", "files": 1, "drift": []}]
+        assert checks == [{"domain": DOMAIN, "config": "adopted", "files": 1, "drift": [], "in_trial": []}]
         rig.knob_file.write_text("33\n")  # another tool
         drift = (await request(d, cmd="verify"))["checks"][0]["drift"]
         assert [(x["expected"], x["found"]) for x in drift] == [(str(PROMOTED), "33")]
@@ -117,6 +117,8 @@ async def test_apply_while_a_trial_runs_waits_for_the_tournament_boundary(rig: R
         reply = await request(d, cmd="apply", domain=DOMAIN, variant="g0c1")
         assert reply["ok"] is True and "next tournament boundary" in reply["message"]
         assert d.keeper.pending == {DOMAIN} and level(rig) == candidate  # never rewritten mid-trial
+        check = (await request(d, cmd="verify"))["checks"][0]
+        assert check["drift"] == [] and [x["found"] for x in check["in_trial"]] == [str(candidate)]
         d.dispatch(StopRequested(reason="test over", now=rig.clock()))
     with anyio.fail_after(WAIT_S):
         await d.shutdown()
