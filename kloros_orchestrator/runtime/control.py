@@ -36,6 +36,7 @@ import resource
 import shutil
 import socket
 import stat
+import struct
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -155,7 +156,20 @@ def _remove_if_ours(path: Path, ident: tuple[int, int]) -> None:
             path.unlink()
 
 
-async def _respond(raw: bytes, handler: Handler) -> bytes:
+PEER_UID: Final = "peer_uid"  # set by the server on every request (the client's own value is replaced)
+
+
+def peer_uid(conn: anyio.abc.SocketStream) -> int | None:
+    """The connected client's uid (SO_PEERCRED), or None when the socket cannot say."""
+    try:
+        sock = conn.extra(anyio.abc.SocketAttribute.raw_socket)
+        creds = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+        return int(struct.unpack("3i", creds)[1])
+    except (OSError, anyio.TypedAttributeLookupError, struct.error):
+        return None
+
+
+async def _respond(raw: bytes, handler: Handler, uid: int | None = None) -> bytes:
     if nesting_exceeds(raw, MAX_JSON_DEPTH):
         return _error(f"request nested deeper than {MAX_JSON_DEPTH} arrays/objects")
     try:
@@ -169,6 +183,7 @@ async def _respond(raw: bytes, handler: Handler) -> bytes:
     cmd = request.get("cmd")
     if not isinstance(cmd, str) or not cmd:
         return _error('a request needs a "cmd" string')
+    request[PEER_UID] = uid  # who asks: commands that change the host check it
     try:
         result: object = await handler(request)
     except Exception as exc:  # a failing command must not take the daemon down
@@ -187,6 +202,7 @@ async def _respond(raw: bytes, handler: Handler) -> bytes:
 async def _converse(conn: anyio.abc.SocketStream, handler: Handler, idle_timeout: float) -> None:
     """Answer request lines until the client leaves, goes idle, or sends an overlong line."""
     reader = BufferedByteReceiveStream(conn)
+    uid = peer_uid(conn)
     try:
         while True:
             try:
@@ -201,7 +217,7 @@ async def _converse(conn: anyio.abc.SocketStream, handler: Handler, idle_timeout
                     await conn.send(answer)
                 return
             if raw.strip():
-                answer = await _respond(raw, handler)  # the handler's time is not the client's idling
+                answer = await _respond(raw, handler, uid)  # the handler's time is not the client's idling
                 with anyio.fail_after(idle_timeout):
                     await conn.send(answer)
     except TimeoutError:

@@ -13,6 +13,7 @@ and hands D-REAM the new current genome.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Final, Literal
@@ -28,6 +29,7 @@ from kloros_orchestrator.host.records import AdoptedBy, AdoptedConfig
 from kloros_orchestrator.host.store import HostStore
 from kloros_orchestrator.model import Genome
 from kloros_orchestrator.phase.results import PhaseResults
+from kloros_orchestrator.runtime.control import PEER_UID
 from kloros_orchestrator.runtime.ports import EventLog
 from kloros_orchestrator.spica.base import SpicaDomain
 
@@ -69,6 +71,11 @@ class HostKeeper:
         (finishing a rollback a crash cut short), and return the current genomes."""
         self.domains = {n: d for n, d in domains.items() if d.support == "ok"}
         adopted = self.store.adopted()
+        for name in [n for n in adopted.factory_pending if n not in self.domains]:
+            try:  # a rollback a crash cut short, of a domain not enabled now: finish it all the same
+                adoption.enforce(self.store, name, self.sysfs_root)
+            except (KlorosError, OSError) as e:
+                logger.error("domain {}: unfinished rollback could not be completed: {}", name, e)
         for name, dom in self.domains.items():
             config = adopted.domains.get(name)
             if config is None:
@@ -193,6 +200,10 @@ class HostKeeper:
         domain = req.get("domain")
         if domain is not None and not isinstance(domain, str):
             return {"ok": False, "error": "domain must be a string"}
+        uid = req.get(PEER_UID)
+        if cmd in ("apply", "rollback") and uid is not None and uid not in (0, os.geteuid()):
+            # The socket is open to its group (status); changing the host is for root alone.
+            return {"ok": False, "error": f"{cmd} changes the host's configuration: run it as root"}
         try:
             if cmd == "apply":
                 return await self._apply(domain, req)

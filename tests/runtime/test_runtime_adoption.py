@@ -202,6 +202,8 @@ async def test_requests_with_bad_fields_are_refused(rig: Rig) -> None:
     assert no_domain["ok"] is False and "needs a domain" in no_domain["error"]
     none_yet = await d.handle_request({"cmd": "apply", "domain": DOMAIN})
     assert none_yet["ok"] is False and "no PHASE has completed" in none_yet["error"]
+    other = await d.handle_request({"cmd": "rollback", "domain": DOMAIN, "peer_uid": 4242})
+    assert other["ok"] is False and "run it as root" in other["error"]  # the socket group reads only
     unknown = await d.handle_request({"cmd": "rollback", "domain": "nosuch"})
     assert unknown["ok"] is False and "no adopted configuration" in unknown["error"]
     nothing = await d.handle_request({"cmd": "rollback"})

@@ -36,6 +36,8 @@ async def handler(request: dict[str, Any]) -> dict[str, Any]:
         return {"ok": True, "status": {"state": "evolving", "pid": os.getpid()}}
     if cmd == "boom":
         raise RuntimeError("handler exploded")
+    if cmd == "whoami":
+        return {"ok": True, "uid": request.get("peer_uid")}
     if cmd == "slow":
         await anyio.sleep(0.05)
         return {"ok": True, "n": request.get("n")}
@@ -198,3 +200,12 @@ async def test_waiting_client_is_answered_by_a_daemon_that_starts_after_it(sock_
             assert not path.exists()
             await tg.start(serve_control, path, handler)
     assert replies[0]["ok"] is True and replies[0]["status"]["state"] == "evolving"
+
+
+async def test_the_server_says_who_asks_and_a_client_cannot_pretend(sock_dir: Path) -> None:
+    with anyio.fail_after(5):
+        async with running_server(sock_dir) as server:
+            reply = await anyio.to_thread.run_sync(query, server, {"cmd": "whoami", "peer_uid": 0})
+            spoof = await anyio.to_thread.run_sync(query, server, {"cmd": "whoami", "peer_uid": 12345})
+    assert reply == {"ok": True, "uid": os.getuid()}
+    assert spoof == {"ok": True, "uid": os.getuid()}
