@@ -180,7 +180,13 @@ class HostKeeper:
             best = adoption.best_promoted(results, name)
             if best is None or name not in self.domains or dict(best.genome) == self.current.get(name):
                 continue
-            if self.phase_stock.get(name) != self.current.get(name):
+            if name not in self.phase_stock:
+                logger.warning(
+                    "domain {}: {} was promoted by a PHASE of an earlier run: not adopted automatically "
+                    "(listed as a pending promotion in status)", name, best.cand_id,
+                )  # fmt: skip
+                continue
+            if self.phase_stock[name] != self.current.get(name):
                 logger.warning(
                     "domain {}: not adopting {}: its configuration changed during PHASE", name, best.cand_id
                 )
@@ -266,7 +272,7 @@ class HostKeeper:
 
     def _pending_promotions(self, name: str) -> list[dict[str, Any]]:
         r = self.results
-        if r is None or self.mode == "auto":
+        if r is None:
             return []
         return [
             {"cand_id": p.cand_id, "score_v2": p.score_v2, "score_ci95": list(p.score_ci95),
