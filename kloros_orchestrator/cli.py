@@ -75,9 +75,7 @@ def _single(exc: BaseException) -> BaseException:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in cli_host.COMMANDS:
-            return _guarded(lambda: cli_host.run(args, argv))
-        return _main(args)
+        return _main(args, argv)
     except BaseExceptionGroup as group:
         leaf = _single(group)
         if not isinstance(leaf, KlorosError):
@@ -86,29 +84,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TOOL_MISSING if isinstance(leaf, ToolMissing) else EXIT_FAILURE
 
 
-def _guarded(command: Callable[[], int]) -> int:
-    """Run a command; its errors as one line (exit 2 for a bad config, 1 otherwise)."""
-    try:
-        return command()
-    except ConfigError as e:
-        for problem in e.problems:
-            print(problem, file=sys.stderr)
-        return EXIT_CONFIG
-    except KlorosError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return EXIT_FAILURE
+_COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {}  # filled below the command functions
 
 
-def _main(args: argparse.Namespace) -> int:
+def _main(args: argparse.Namespace, argv: list[str] | None = None) -> int:
+    """Run the command; its errors as one line (exit 2 for a bad config, 3 for a missing tool, else 1)."""
     try:
-        if args.command == "validate":
-            return _validate(args)
-        if args.command == "run":
-            return _run(args)
-        if args.command == "status":
-            return _status(args)
-        if args.command == "phase-now":
-            return _phase_now(args)
+        if args.command in cli_host.COMMANDS:
+            return cli_host.run(args, argv)
+        return _COMMANDS[args.command](args)
     except ConfigError as e:
         for problem in e.problems:
             print(problem, file=sys.stderr)
@@ -119,7 +103,6 @@ def _main(args: argparse.Namespace) -> int:
     except KlorosError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILURE
-    return EXIT_FAILURE  # pragma: no cover - argparse requires a command
 
 
 def _validate(args: argparse.Namespace) -> int:
@@ -228,6 +211,9 @@ def _phase_now(args: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(reply.get("message", "PHASE window requested"))
     return EXIT_OK
+
+
+_COMMANDS.update(validate=_validate, run=_run, status=_status, **{"phase-now": _phase_now})
 
 
 def _when(iso: str | None) -> str:

@@ -46,17 +46,20 @@ def settings_of(dom: SpicaDomain, genome: Mapping[str, Any]) -> list[KnobSetting
     full = dom.validate_genome(genome)
     out: list[KnobSetting] = []
     for knob in dom.knobs:
-        value = full[knob.name]
-        paths: tuple[str, ...] = ()
-        if knob.scope == "system" and knob.path is not None:
-            paths = tuple(_relative(p, dom.sysfs_root) for p in knob.resolve_paths(dom.sysfs_root))
-        cpus = affinity_layouts(dom.cpu_ids()).get(str(value)) if knob.name == AFFINITY else None
-        setting = KnobSetting(
-            knob=knob.name, scope=knob.scope, type=knob.type, value=value, text=knob.encode(value),
-            paths=paths, fmt=knob.fmt, cpus=cpus, description=knob.description,
-        )  # fmt: skip
-        out.append(setting)
+        out.append(_setting(dom, knob, full[knob.name]))
     return out
+
+
+def _setting(dom: SpicaDomain, knob: Knob, value: Scalar) -> KnobSetting:
+    """``value`` of ``knob`` with where it lives on this host (files, or a layout's CPUs)."""
+    paths: tuple[str, ...] = ()
+    if knob.scope == "system" and knob.path is not None:
+        paths = tuple(_relative(p, dom.sysfs_root) for p in knob.resolve_paths(dom.sysfs_root))
+    cpus = affinity_layouts(dom.cpu_ids()).get(str(value)) if knob.name == AFFINITY else None
+    return KnobSetting(
+        knob=knob.name, scope=knob.scope, type=knob.type, value=value, text=knob.encode(value),
+        paths=paths, fmt=knob.fmt, cpus=cpus, description=knob.description,
+    )  # fmt: skip
 
 
 def declared_settings(dom: SpicaDomain, genome: Mapping[str, Any]) -> list[KnobSetting]:
@@ -69,17 +72,7 @@ def declared_settings(dom: SpicaDomain, genome: Mapping[str, Any]) -> list[KnobS
         raise DomainError(f"{dom.name}: knob(s) {unknown} are not declared by this domain")
     out: list[KnobSetting] = []
     for name, raw in genome.items():
-        knob = declared[name]
-        value = _loose(knob, raw)
-        paths: tuple[str, ...] = ()
-        if knob.scope == "system" and knob.path is not None:
-            paths = tuple(_relative(p, dom.sysfs_root) for p in knob.resolve_paths(dom.sysfs_root))
-        cpus = affinity_layouts(dom.cpu_ids()).get(str(value)) if knob.name == AFFINITY else None
-        setting = KnobSetting(
-            knob=knob.name, scope=knob.scope, type=knob.type, value=value, text=knob.encode(value),
-            paths=paths, fmt=knob.fmt, cpus=cpus, description=knob.description,
-        )  # fmt: skip
-        out.append(setting)
+        out.append(_setting(dom, declared[name], _loose(declared[name], raw)))
     return out
 
 
