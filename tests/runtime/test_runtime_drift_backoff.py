@@ -151,6 +151,33 @@ async def test_a_tournament_without_drift_resets_the_streak(tmp_path: Path) -> N
     assert rig.progress.backoff[TUNE]["until_ts"] == rig.clock() + DRIFT_BACKOFF_S
 
 
+async def test_a_tournament_where_every_trial_drifts_is_backed_off_as_well_as_paused(tmp_path: Path) -> None:
+    rig, _ = tune_rig(tmp_path)
+    rig.runner.fail = drift_text  # no good trial at all: the tournament also failed as a whole
+    finished = anyio.Event()
+
+    async def one() -> None:
+        await rig.loop.tournament(TUNE)
+        finished.set()
+
+    with anyio.fail_after(10):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(one)
+            failed = await rig.events.wait_for("tournament_all_failed")
+            assert failed["domain"] == TUNE and all(r.startswith(DRIFT_PREFIX) for r in failed["reasons"])
+            assert len(rig.runner.calls) == DRIFT_LIMIT
+            [backoff] = rig.events.named("domain_backoff")
+            assert backoff["seconds"] == DRIFT_BACKOFF_S
+            assert rig.progress.backoff[TUNE]["until_ts"] == rig.clock() + DRIFT_BACKOFF_S
+            await settle()
+            assert not finished.is_set()  # the all-failed pause (FAILURE_BACKOFF_S) until a resume
+            rig.gate.open()
+            await finished.wait()
+    with anyio.fail_after(10):
+        await rig.loop.run(once=True)
+    assert len(rig.runner.calls) == DRIFT_LIMIT  # and afterwards the domain sits out
+
+
 async def test_drift_below_the_limit_backs_nothing_off(tmp_path: Path) -> None:
     rig, drift = tune_rig(tmp_path)
     limit = DRIFT_LIMIT - 1
