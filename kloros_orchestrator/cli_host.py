@@ -109,9 +109,10 @@ def _offline_rollback(domain: str | None, loaded: LoadedConfig) -> dict[str, Any
     paths = StatePaths(loaded.state_dir)
     store = HostStore(paths)
     recorded = store.adopted()
-    names = [domain] if domain else sorted(set(recorded.domains) | set(recorded.factory_pending))
+    known = sorted(set(recorded.domains) | set(recorded.factory_pending))
+    names = [n for n in known if n == domain or not domain]
     if not names:
-        return {"ok": True, "message": "nothing to roll back: no domain runs an adopted configuration"}
+        return {"ok": True, "message": adoption.nothing_to_roll_back(domain)}
     written = [f for name in names for f in adoption.rollback(store, name, loaded.sysfs_root)]
     for name in names:
         EventLog(paths.events, time.time).record("rolled_back", domain=name, offline=True)
@@ -131,18 +132,21 @@ def _offline_apply(req: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
     from kloros_orchestrator.store import StatePaths
 
     paths, root, name = StatePaths(loaded.state_dir), loaded.sysfs_root, req["domain"]
+    only = msgspec.structs.replace(loaded, config=_only_domain(loaded, name))
+    try:  # before anything touches the host: a refused variant changes nothing
+        choice = adoption.choose(paths, name, variant=req["variant"], force=req["force"])
+    except adoption.AdoptionRefused as e:
+        return {"ok": False, "error": str(e)}
     journal = open_journal(paths.journal, sysfs_root=root, scratch_root=paths.scratch,
                            domain_options=loaded.config.domain_options)  # fmt: skip
     for problem in journal.restore_all():  # a crashed daemon's trial values first
         print(f"warning: knob restore: {problem}", file=sys.stderr)
-    only = msgspec.structs.replace(loaded, config=_only_domain(loaded, name))
     store = HostStore(paths)
     keeper = HostKeeper(store=store, sysfs_root=root, mode=loaded.config.promotion.mode,
                         events=EventLog(paths.events, time.time), lock=anyio.Lock(),
                         set_current=lambda n, g: None)  # fmt: skip
     keeper.domains = {n: d for n, d in open_domains(only, journal, paths).items() if d.support == "ok"}
     try:
-        choice = adoption.choose(paths, name, variant=req["variant"], force=req["force"])
         config = keeper.adopt(choice)
     except adoption.AdoptionRefused as e:
         return {"ok": False, "error": str(e)}

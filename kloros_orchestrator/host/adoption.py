@@ -212,6 +212,11 @@ def rollback(store: HostStore, domain: str, sysfs_root: Path | None) -> list[str
     return [] if sysfs_root is None else enforce(store, domain, sysfs_root)
 
 
+def nothing_to_roll_back(domain: str | None) -> str:
+    what = f"{domain} runs its factory configuration" if domain else "no domain runs an adopted configuration"
+    return f"nothing to roll back: {what}"
+
+
 @dataclass(frozen=True)
 class DomainCheck:
     """One domain's verify: files that differ (``drift``), and files that hold a trial's value while a
@@ -272,6 +277,7 @@ __all__ = [
     "from_promoted",
     "journaled_paths",
     "latest",
+    "nothing_to_roll_back",
     "now_iso",
     "rollback",
     "verify",

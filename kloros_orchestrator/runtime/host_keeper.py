@@ -214,11 +214,14 @@ class HostKeeper:
             if cmd == "apply":
                 return await self._apply(domain, req)
             if cmd == "rollback":
-                names = [domain] if domain else sorted(self.store.adopted().domains)
+                recorded = self.store.adopted()
+                names = sorted(n for n in recorded.domains if n == domain or not domain)
+                if domain and not names and domain not in self.domains:
+                    raise adoption.AdoptionRefused(f"domain {domain}: no configuration is recorded here")
                 for name in names:
                     await anyio.to_thread.run_sync(self.rollback, name)
                     self.changed(name)
-                return {"ok": True, "domains": names, "message": _rollback_message(names)}
+                return {"ok": True, "domains": names, "message": _rollback_message(names, domain)}
             if cmd == "verify":
                 checks = await anyio.to_thread.run_sync(
                     adoption.verify, self.store, self.sysfs_root, [domain] if domain else None
@@ -282,9 +285,9 @@ class HostKeeper:
         ]  # fmt: skip
 
 
-def _rollback_message(names: list[str]) -> str:
+def _rollback_message(names: list[str], domain: str | None = None) -> str:
     if not names:
-        return "nothing to roll back: no domain runs an adopted configuration"
+        return adoption.nothing_to_roll_back(domain)
     return f"rolled back {', '.join(names)} to factory values (written at the next tournament boundary)"
 
 

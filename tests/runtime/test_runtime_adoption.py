@@ -221,7 +221,7 @@ async def test_requests_with_bad_fields_are_refused(rig: Rig) -> None:
     other = await d.handle_request({"cmd": "rollback", "domain": DOMAIN, "peer_uid": 4242})
     assert other["ok"] is False and "run it as root" in other["error"]  # the socket group reads only
     unknown = await d.handle_request({"cmd": "rollback", "domain": "nosuch"})
-    assert unknown["ok"] is False and "no adopted configuration" in unknown["error"]
+    assert unknown["ok"] is False and "no configuration is recorded" in unknown["error"]
     nothing = await d.handle_request({"cmd": "rollback"})
     assert nothing["ok"] is True and nothing["domains"] == []
     with anyio.fail_after(WAIT_S):
