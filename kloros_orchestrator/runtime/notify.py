@@ -2,6 +2,7 @@
 
 Without ``$NOTIFY_SOCKET`` (not started by systemd) every call is a no-op. A send failure is
 logged once and never raised: the daemon must not die because its supervisor went away.
+With ``WatchdogSec=`` in the unit, :func:`watchdog_interval` says how often to send ``WATCHDOG=1``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,23 @@ def _address(raw: str | None) -> str | None:
     return None
 
 
+def watchdog_interval(environ: Mapping[str, str] | None = None, pid: int | None = None) -> float | None:
+    """Seconds between two ``WATCHDOG=1`` pings: half of ``$WATCHDOG_USEC`` (``WatchdogSec=``), as
+    ``sd_watchdog_enabled(3)`` advises; None when no watchdog watches this process.
+
+    None without ``$WATCHDOG_USEC``, for a value that is not a positive integer, and when
+    ``$WATCHDOG_PID`` names another process (the variables were inherited, not meant for us).
+    """
+    env = os.environ if environ is None else environ
+    raw = env.get("WATCHDOG_USEC", "")
+    if not raw.isascii() or not raw.isdigit() or int(raw) == 0:
+        return None
+    owner = env.get("WATCHDOG_PID")
+    if owner is not None and owner != str(os.getpid() if pid is None else pid):
+        return None
+    return int(raw) / 2 / 1_000_000
+
+
 def _one_line(text: str) -> str:
     # A newline would start another assignment (e.g. a status text injecting READY=1).
     return " ".join(text.splitlines())
@@ -35,18 +53,24 @@ def _one_line(text: str) -> str:
 class Notifier:
     """Sends ``READY=1``, ``STATUS=...``, ``STOPPING=1``, ``WATCHDOG=1``, ``EXTEND_TIMEOUT_USEC=...``."""
 
-    def __init__(self, notify_socket: str | None) -> None:
+    def __init__(self, notify_socket: str | None, *, watchdog_s: float | None = None) -> None:
         self._address = _address(notify_socket)
+        self._watchdog_s = watchdog_s
         self._warned = False
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Notifier:
         env = os.environ if environ is None else environ
-        return cls(env.get("NOTIFY_SOCKET"))
+        return cls(env.get("NOTIFY_SOCKET"), watchdog_s=watchdog_interval(env))
 
     @property
     def enabled(self) -> bool:
         return self._address is not None
+
+    @property
+    def watchdog_interval(self) -> float | None:
+        """Seconds between :meth:`watchdog` pings, None when no watchdog expects them (or no socket)."""
+        return self._watchdog_s if self.enabled else None
 
     def send(self, *assignments: str) -> bool:
         """Send ``KEY=value`` assignments in one datagram; True when it was sent."""

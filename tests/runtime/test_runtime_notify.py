@@ -70,3 +70,54 @@ def test_send_failure_is_swallowed(tmp_path: Path) -> None:
     assert notifier.ready() is False
     assert notifier.status("still fine") is False  # warned once, never raised
     assert Notifier("vsock:2:1234").enabled is False
+
+
+def test_watchdog_interval_is_half_of_watchdog_usec() -> None:
+    from kloros_orchestrator.runtime.notify import watchdog_interval
+
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000"}) == 30.0
+    assert watchdog_interval({"WATCHDOG_USEC": "3"}) == 1.5e-6
+    assert watchdog_interval({"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "4242"}, pid=4242) == 30.0
+
+
+@pytest.mark.parametrize(
+    "environ",
+    [
+        {},
+        {"WATCHDOG_USEC": ""},
+        {"WATCHDOG_USEC": "0"},
+        {"WATCHDOG_USEC": "-5"},
+        {"WATCHDOG_USEC": "1.5"},
+        {"WATCHDOG_USEC": "60s"},
+        {"WATCHDOG_USEC": "٣"},  # a digit, but not an ASCII one
+        {"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": "4243"},  # inherited: meant for another process
+        {"WATCHDOG_USEC": "60000000", "WATCHDOG_PID": ""},
+    ],
+)
+def test_no_watchdog_interval(environ: dict[str, str]) -> None:
+    from kloros_orchestrator.runtime.notify import watchdog_interval
+
+    assert watchdog_interval(environ, pid=4242) is None
+
+
+def test_watchdog_interval_from_the_process_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from kloros_orchestrator.runtime.notify import watchdog_interval
+
+    monkeypatch.setenv("WATCHDOG_USEC", "20000000")
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid()))
+    assert watchdog_interval() == 10.0
+    monkeypatch.setenv("WATCHDOG_PID", str(os.getpid() + 1))
+    assert watchdog_interval() is None
+
+
+def test_notifier_carries_the_watchdog_interval(receiver: tuple[str, socket.socket]) -> None:
+    path, sock = receiver
+    notifier = Notifier.from_env({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "60000000"})
+    assert notifier.watchdog_interval == 30.0
+    assert notifier.watchdog()
+    assert sock.recv(4096) == b"WATCHDOG=1"
+    assert Notifier.from_env({"NOTIFY_SOCKET": path}).watchdog_interval is None  # no WatchdogSec=
+    assert Notifier.from_env({"WATCHDOG_USEC": "60000000"}).watchdog_interval is None  # nowhere to ping
+    assert Notifier(path).watchdog_interval is None
