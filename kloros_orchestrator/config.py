@@ -71,6 +71,9 @@ class DreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_parallel: int = 1
     trials: int = 3  # trials per regime for a candidate that survives the race
     trial_seconds: float | None = None  # overrides every regime's duration inside D-REAM
+    # A domain's first tournament in a fresh state is a short first look (trials of this many seconds,
+    # max(2, min_trials) per regime), so the first verdict comes in minutes; null: no first look.
+    first_look_seconds: float | None = 2.0
     min_trials: int = 2  # successful trials per regime below which a candidate is not scored (≤ trials)
     elite: int = 1
     pacing: PacingConfig = msgspec.field(default_factory=PacingConfig)

@@ -50,6 +50,7 @@ COUNT_BOUNDS: Final[dict[str, tuple[int, int]]] = {
 # key -> (zero allowed, highest) in seconds; None (unset) is allowed where the field is optional.
 SECONDS_BOUNDS: Final[dict[str, tuple[bool, float]]] = {
     "dream.trial_seconds": (False, DAY_S),
+    "dream.first_look_seconds": (False, DAY_S),
     "phase.trial_seconds": (False, DAY_S),
     "dream.pacing.min_sleep_s": (True, DAY_S),
     "dream.pacing.max_sleep_s": (False, DAY_S),

@@ -12,6 +12,7 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import msgspec
 import numpy as np
@@ -45,6 +46,35 @@ class Conclusion:
 
     told: list[tuple[Candidate, float | None]]
     best: CandidatePack | None
+
+
+def verdict_of(best: CandidatePack | None, current: Genome) -> dict[str, Any]:
+    """In words and numbers, whether the tournament's best candidate beat the current configuration
+    (the stock arm): ``{"text", "cand_id", "score", "ci95", "beat_current"}``."""
+    if best is None:
+        return {"text": "no candidate was measured", "cand_id": None, "beat_current": False}
+    agg, cid = best.aggregate, best.cand_id
+    out: dict[str, Any] = {"cand_id": cid, "score": agg.score_v2, "ci95": agg.score_ci95}
+    out["beat_current"] = False
+    if agg.score_v2 is None:
+        return {**out, "text": f"no candidate could be scored ({agg.not_scored_reason or 'no score'})"}
+    ci = agg.score_ci95
+    numbers = f"{agg.score_v2:+.1%}" + (
+        f" (95% CI {ci[0]:+.1%} to {ci[1]:+.1%})" if ci else f" ({agg.score_ci_note or 'no interval yet'})"
+    )
+    if dict(best.genome) == dict(current):
+        text = f"the best candidate, {cid}, is the current configuration itself"
+    elif not best.safe:
+        text = f"no candidate beat the current configuration: the best, {cid}, breached a cap"
+    elif agg.improves_over_baseline:
+        return {**out, "beat_current": True, "text": f"{cid} beat the current configuration: {numbers}"}
+    elif ci is not None and ci[1] < 0:
+        text = f"no candidate beat the current configuration: the best, {cid}, is worse: {numbers}"
+    elif ci is not None:
+        text = f"no candidate beat the current configuration: the best, {cid}, is within noise: {numbers}"
+    else:
+        text = f"no candidate beat the current configuration yet: the best, {cid}, scored {numbers}"
+    return {**out, "text": text}
 
 
 def entry_from_pack(pack: CandidatePack) -> HallOfFameEntry:
@@ -227,4 +257,12 @@ class Concluder:
             write_baselines(path, entries)
 
 
-__all__ = ["HOF_SIZE", "Concluder", "Conclusion", "entry_from_pack", "hall_of_fame_from_packs", "promote"]
+__all__ = [
+    "HOF_SIZE",
+    "Concluder",
+    "Conclusion",
+    "entry_from_pack",
+    "hall_of_fame_from_packs",
+    "promote",
+    "verdict_of",
+]

@@ -35,9 +35,21 @@ from kloros_orchestrator.model import Genome
 from kloros_orchestrator.phase.records import VariantInfo
 from kloros_orchestrator.phase.results import PhaseResults
 from kloros_orchestrator.runtime.collapse import collapse_domain
-from kloros_orchestrator.runtime.conclude import Concluder, entry_from_pack, hall_of_fame_from_packs, promote
+from kloros_orchestrator.runtime.conclude import (
+    Concluder,
+    entry_from_pack,
+    hall_of_fame_from_packs,
+    promote,
+    verdict_of,
+)
 from kloros_orchestrator.runtime.ports import Clock, DreamGate, EventLog, TrialRunner
-from kloros_orchestrator.runtime.records import DomainProgress, HallOfFameEntry, Progress, iso
+from kloros_orchestrator.runtime.records import (
+    DomainProgress,
+    HallOfFameEntry,
+    Progress,
+    format_duration,
+    iso,
+)
 from kloros_orchestrator.runtime.tournament import Tournament
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.store import StatePaths
@@ -378,6 +390,11 @@ class DreamLoop:
         gen = s.generation
         cands = s.engine.ask()
         self.progress.domain, self.progress.generation = name, gen
+        trials, seconds = self.cfg.trials, self.cfg.trial_seconds
+        look = self.cfg.first_look_seconds
+        if gen == 0 and look is not None:  # a first look: a verdict in minutes, deepened from then on
+            trials = min(trials, max(2, self.cfg.min_trials))
+            seconds = look if seconds is None else min(seconds, look)
         t = Tournament(
             domain=s.domain,
             stock=s.stock,
@@ -386,17 +403,18 @@ class DreamLoop:
             evaluator=self.evaluator,
             progress=self.progress,
             rng=np.random.default_rng(seed_of(self.settings.seed, name, gen, "order")),
-            trials=self.cfg.trials,
+            trials=trials,
             max_parallel=self.cfg.max_parallel,
-            trial_seconds=self.cfg.trial_seconds,
+            trial_seconds=seconds,
             on_status=self.on_status,
         )
         self.report(TournamentStarted(name, gen, now=self.clock()))
         if self.on_status is not None:
             self.on_status(f"tournament {name} gen {gen} started")
         logger.info(
-            "tournament {} gen {}: {} candidates + stock, {} regimes, up to {} trials each",
-            name, gen, len(cands), len(t.outcome.regimes), self.cfg.trials,
+            "tournament {} gen {}: {} candidates + stock, {} regimes, up to {} trials each{}",
+            name, gen, len(cands), len(t.outcome.regimes), trials,
+            f" (a first look: {seconds:g} s trials)" if gen == 0 and look is not None and seconds else "",
         )  # fmt: skip
         out = await t.run()
         rng = np.random.default_rng(seed_of(self.settings.seed, name, gen, "bootstrap"))
@@ -417,11 +435,10 @@ class DreamLoop:
         s.committed = s.engine.state()
         self.progress.tournaments += 1
         self.checkpoint()
-        logger.info(
-            "tournament {} gen {} done in {:.1f} s; best {} score {}",
-            name, gen, out.duration_s, best.cand_id if best else None,
-            best.aggregate.score_v2 if best else None,
-        )  # fmt: skip
+        said = verdict_of(best, s.stock)
+        self.progress.best[name] = {"generation": gen, **said}
+        took = format_duration(out.duration_s)
+        logger.info("tournament {} gen {} done in {}: {}", name, gen, took, said["text"])
         self.report(TournamentDone(name, gen, now=self.clock()))
         return out.all_failed()
 

@@ -38,6 +38,16 @@ from kloros_orchestrator.store import atomic_write_bytes
 Interval = tuple[float, float]
 
 
+def format_duration(seconds: float) -> str:
+    """``95`` → ``1m35s``, ``3725`` → ``1h02m``, ``4.2`` → ``4s``: for people, not for parsing."""
+    s = max(0, round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def iso(ts: float | None) -> str | None:
     """Unix seconds as an ISO-8601 UTC string (None stays None)."""
     if ts is None:
@@ -220,6 +230,20 @@ class Progress:
     tournaments: int = 0
     pacing: dict[str, Any] = field(default_factory=lambda: {"last_sleep_s": None, "reason": "not paced yet"})
     backoff: dict[str, dict[str, Any]] = field(default_factory=dict)  # domain -> until_ts, until, reason
+    # The running tournament: round k of n, the trial in hand, its race leader, seconds per trial.
+    round: int = 0
+    rounds: int = 0
+    arm: str | None = None
+    regime: str | None = None
+    leader: dict[str, Any] | None = None  # {cand_id, mean_score, rounds}
+    trial_wall_s: float | None = None  # mean wall time of this tournament's trials so far
+    best: dict[str, dict[str, Any]] = field(default_factory=dict)  # domain -> its latest verdict
+
+    def eta_s(self) -> float | None:
+        """Seconds until the tournament ends, from its own trials' mean wall time (None: no trial yet)."""
+        if self.trial_wall_s is None:
+            return None
+        return max(0, self.tournament_total - self.tournament_done) * self.trial_wall_s
 
 
 __all__ = [
@@ -230,6 +254,7 @@ __all__ = [
     "OpenWindow",
     "Progress",
     "SavedState",
+    "format_duration",
     "iso",
     "load_saved_state",
     "read_saved_state",

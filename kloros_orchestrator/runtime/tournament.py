@@ -31,7 +31,7 @@ from kloros_orchestrator.measure.packs import round_score
 from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
 from kloros_orchestrator.runtime.evaluate import is_drift
 from kloros_orchestrator.runtime.ports import TrialRunner
-from kloros_orchestrator.runtime.records import Progress
+from kloros_orchestrator.runtime.records import Progress, format_duration
 from kloros_orchestrator.spica.base import SpicaDomain
 
 ArmResults = dict[str, list[TrialResult]]  # regime -> trials of one arm
@@ -94,6 +94,7 @@ class Tournament:
     on_status: Callable[[str], object] | None = None  # one-line status (sd_notify)
 
     def __post_init__(self) -> None:
+        self._walls: list[float] = []  # wall times of this tournament's trials (the ETA)
         self.arms: dict[str, Genome] = {
             STOCK_ARM: self.stock,
             **{c.cand_id: c.genome for c in self.candidates},
@@ -113,12 +114,14 @@ class Tournament:
 
     async def run(self) -> TournamentOutcome:
         """Every round, then the knobs restored (off the event loop, even when cancelled)."""
-        out = self.outcome
-        self.progress.tournament_done = 0
-        self.progress.tournament_total = len(self.arms) * len(out.regimes) * self.trials
+        out, pr = self.outcome, self.progress
+        pr.tournament_done, pr.round, pr.rounds = 0, 0, self.trials
+        pr.tournament_total = len(self.arms) * len(out.regimes) * self.trials
+        pr.leader, pr.trial_wall_s = None, None
         t0 = time.monotonic()
         try:
             for rnd in range(self.trials):
+                pr.round = rnd + 1
                 await self._round()
                 if out.drift_stopped:
                     self._stop_on_drift()
@@ -126,10 +129,10 @@ class Tournament:
                 self._race_round()
                 alive = [c for c in out.race.survivors() if c not in out.unsafe]
                 left = self.trials - rnd - 1
-                self.progress.tournament_total = self.progress.tournament_done + left * len(out.regimes) * (
-                    1 + len(alive)
-                )
+                pr.tournament_total = pr.tournament_done + left * len(out.regimes) * (1 + len(alive))
+                self._log_round()
         finally:
+            pr.arm = pr.regime = None
             with anyio.CancelScope(shield=True):
                 for problem in await anyio.to_thread.run_sync(self.domain.restore):
                     logger.error("restore after tournament {}: {}", self.domain.name, problem)
@@ -162,15 +165,37 @@ class Tournament:
                 f"{self.domain.name} gen {pr.generation} trial "
                 f"{pr.tournament_done + 1}/{pr.tournament_total} ({arm}, {regime})"
             )
+        pr.arm, pr.regime = arm, regime
         tr = await self.evaluator.run_trial(
             self.domain, self.arms[arm], regime, cand_id=arm, duration_s=self.trial_seconds, cpus=cpus
         )
+        self._walls.append(tr.wall_s)
+        pr.trial_wall_s = sum(self._walls) / len(self._walls) / len(self.slices)  # parallel trials overlap
         self.outcome.results[arm][regime].append(tr)
         if tr.cap_breach:
             self.outcome.unsafe.setdefault(arm, []).append(f"{regime}: {tr.cap_breach}")
         if is_drift(tr):
             self.outcome.drift.append(tr.failure or "")
         pr.tournament_done += 1
+
+    def _log_round(self) -> None:
+        """One INFO line per finished round: trials, eliminations, the race leader, the time left."""
+        pr, race = self.progress, self.outcome.race
+        means = {c: sum(v) / len(v) for c in race.survivors() if (v := race.samples(c))}
+        leader = max(means, key=lambda c: means[c], default=None)
+        pr.leader = (
+            {"cand_id": leader, "mean_score": round(means[leader], 6), "rounds": len(race.samples(leader))}
+            if leader is not None
+            else None
+        )
+        lead = "no leader yet" if leader is None else f"leader {leader} {means[leader]:+.1%} vs the stock arm"
+        eta = pr.eta_s()
+        logger.info(
+            "{} gen {} round {}/{}: {}/{} trials, {} of {} candidates eliminated, {}{}",
+            self.domain.name, pr.generation, pr.round, pr.rounds, pr.tournament_done, pr.tournament_total,
+            len(race.eliminated), len(self.candidates), lead,
+            "" if eta is None or pr.round == pr.rounds else f"; about {format_duration(eta)} left",
+        )  # fmt: skip
 
     def _stop_on_drift(self) -> None:
         drift = self.outcome.drift

@@ -363,6 +363,7 @@ def dream_config(**overrides: Any) -> DreamConfig:
         "min_trials": 2,
         "elite": 1,
         "trial_seconds": 5.0,
+        "first_look_seconds": None,  # the tests of the first look turn it on
         "pacing": PacingConfig(min_sleep_s=0.0, max_sleep_s=0.0),
     }
     kwargs.update(overrides)
