@@ -96,6 +96,7 @@ from kloros_orchestrator.runtime.startup import (
     window_after_restart,
     write_run_manifest,
 )
+from kloros_orchestrator.runtime.status import window_status, work_status
 from kloros_orchestrator.runtime.workloads import (
     become_subreaper,
     find_stress_ng,
@@ -433,28 +434,15 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         now = self.clock()
-        ow = self.saved.open_window
-        if ow is not None:
-            nw = {"start": iso(ow.start), "end": iso(ow.end), "open": True, "window_id": ow.window_id}
-        else:
-            w = self.schedule.next_window(now, self.saved.last_opened_start)
-            nw = {"start": iso(w.start), "end": iso(w.end), "open": False, "window_id": w.window_id}
-        pr = self.progress
-        c = self.evaluator.counters
         return {
             "state": str(self.coord.state),
-            "domain": pr.domain,
-            "generation": pr.generation,
-            "tournament": {"done": pr.tournament_done, "total": pr.tournament_total},
-            "next_window": nw,
+            **work_status(self.progress, self.evaluator.counters),
+            "next_window": window_status(self.saved, self.schedule, now),
             "last_phase": msgspec.to_builtins(self.saved.last_phase),
-            "pacing": pr.pacing,
-            "backoff": {n: {k: v for k, v in b.items() if k != "until_ts"} for n, b in pr.backoff.items()},
             "domains": self.dream.domain_status(self._known_domains),
             "pid": os.getpid(),
             "uptime_s": round(now - self.started_at, 3),
             "version": __version__,
-            "counters": {"tournaments": pr.tournaments, "trials": c.trials, "failed_trials": c.failed_trials},
             "sensors": {"missing": dict(self.sensors.missing)},
             "stress_ng": self.stress_ng_version,
             "phase": self.phase.progress,

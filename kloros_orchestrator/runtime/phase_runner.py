@@ -33,6 +33,7 @@ from kloros_orchestrator.phase.records import DomainData, PhaseData, TrialRecord
 from kloros_orchestrator.phase.results import PhaseResults, Qtime, ResultsWindow, TrialCounts, write_results
 from kloros_orchestrator.phase.worker import AnalysisRequest, analyze
 from kloros_orchestrator.runtime.ports import Clock, EventLog, TrialRunner
+from kloros_orchestrator.runtime.records import format_duration
 from kloros_orchestrator.spica.base import SpicaDomain
 
 # apply/restore, process start and YAML parsing around each trial (measured ~0.2-0.4 s)
@@ -150,7 +151,10 @@ class PhaseRunner:
             run_id, len(slots), sorted(subjects), effective.epochs, effective.slices, effective.replicas,
             datetime.fromtimestamp(w.end, UTC).isoformat(),
         )  # fmt: skip
-        self.progress = {"run_id": run_id, "done": 0, "total": len(slots), "window_id": w.window_id}
+        self.progress = {
+            "run_id": run_id, "done": 0, "total": len(slots), "window_id": w.window_id,
+            "epochs": effective.epochs, "slices": effective.slices, "replicas": effective.replicas,
+        }  # fmt: skip
         try:
             measured = await self._measure(slots, subjects, w.end, run_id)
         finally:
@@ -199,6 +203,7 @@ class PhaseRunner:
     async def _measure(self, slots: list[Slot], subjects: Subjects, end: float, run_id: str) -> _Measured:
         """Every slot in plan order, stopping at a trial boundary when the window would close first."""
         m = _Measured(records={name: [] for name in subjects})
+        t0 = time.monotonic()
         try:
             for slot in slots:
                 if self.clock() + self.trial_seconds(slot.domain, slot.regime) + TRIAL_OVERHEAD_S > end:
@@ -207,6 +212,7 @@ class PhaseRunner:
                     break
                 dom, stock, variants = subjects[slot.domain]
                 genome = stock if slot.variant_id == STOCK_ARM else variants[slot.variant_id].genome
+                self._note_slot(slot, m.done, len(slots), t0)
                 if self.on_status is not None:
                     self.on_status(f"PHASE {run_id} trial {m.done + 1}/{len(slots)}")
                 tr = await self.evaluator.run_trial(
@@ -231,6 +237,20 @@ class PhaseRunner:
                     for problem in await anyio.to_thread.run_sync(dom.restore):
                         logger.error("restore after PHASE {}: {}", name, problem)
         return m
+
+    def _note_slot(self, slot: Slot, done: int, total: int, t0: float) -> None:
+        """Where the window is (epoch, slice = regime, replica, arm) and the time left, for status."""
+        if self.progress is None:
+            return
+        per_trial = (time.monotonic() - t0) / done if done else None
+        self.progress.update(
+            epoch=slot.epoch + 1, regime=slot.regime, replica=slot.replica + 1, domain=slot.domain,
+            arm=slot.variant_id, eta_s=None if per_trial is None else round((total - done) * per_trial, 1),
+        )  # fmt: skip
+        if done and done % max(1, total // 10) == 0:
+            p = self.progress
+            logger.info("PHASE {}: {}/{} trials, epoch {}/{}, about {} left", p["run_id"], done, total,
+                        slot.epoch + 1, p["epochs"], format_duration(p["eta_s"] or 0))  # fmt: skip
 
 
 __all__ = [

@@ -141,6 +141,10 @@ async def test_a_whole_window_measures_writes_results_and_collapses_into_dream(
     assert snapshot_files(tune.sysfs_root) == before and tune.journal.pending() == []
     assert [p["done"] for _, p in seen] == list(range(36))
     assert {(p["run_id"], p["total"], p["window_id"]) for _, p in seen} == {(run_id, 36, WINDOW)}
+    assert {p["epoch"] for _, p in seen} == {1, 2}
+    assert all(1 <= p["replica"] <= p["replicas"] for _, p in seen)
+    assert seen[0][1]["eta_s"] is None and all(p["eta_s"] >= 0 for _, p in seen[1:])
+    assert {p["regime"] for _, p in seen} <= {"idle", "normal", "stress", "mixed"}
     assert seen[-1][0] == f"PHASE {run_id} trial 36/36"
     assert phase.progress is None
 

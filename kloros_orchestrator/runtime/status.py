@@ -1,0 +1,63 @@
+"""The status object's parts that describe work in hand: D-REAM's tournament and PHASE's window.
+
+The contract fields (README, "Command line (contract)") stay as they were — ``tournament`` keeps
+``done``/``total`` — and everything here is additive: the race's round, the trial in hand, the
+race leader, the time left, and each domain's latest verdict.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kloros_orchestrator.core.schedule import Schedule
+from kloros_orchestrator.runtime.evaluate import TrialCounters
+from kloros_orchestrator.runtime.records import Progress, SavedState, iso
+
+
+def _rounded(x: float | None, digits: int = 1) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+def tournament_status(pr: Progress) -> dict[str, Any]:
+    """``tournament``: done/total (exact: racing shrinks the total), round k of n, the trial in
+    hand, the race leader and the seconds left."""
+    return {
+        "done": pr.tournament_done,
+        "total": pr.tournament_total,
+        "remaining": max(0, pr.tournament_total - pr.tournament_done),
+        "round": pr.round,
+        "rounds": pr.rounds,
+        "arm": pr.arm,
+        "regime": pr.regime,
+        "leader": pr.leader,
+        "eta_s": _rounded(pr.eta_s()),
+    }
+
+
+def work_status(pr: Progress, counters: TrialCounters) -> dict[str, Any]:
+    """D-REAM's part of ``status``."""
+    return {
+        "domain": pr.domain,
+        "generation": pr.generation,
+        "tournament": tournament_status(pr),
+        "best": {name: dict(b) for name, b in pr.best.items()},
+        "pacing": pr.pacing,
+        "backoff": {n: {k: v for k, v in b.items() if k != "until_ts"} for n, b in pr.backoff.items()},
+        "counters": {
+            "tournaments": pr.tournaments,
+            "trials": counters.trials,
+            "failed_trials": counters.failed_trials,
+        },
+    }
+
+
+def window_status(saved: SavedState, schedule: Schedule, now: float) -> dict[str, Any]:
+    """``next_window``: the open one, else the next the schedule will open."""
+    ow = saved.open_window
+    if ow is not None:
+        return {"start": iso(ow.start), "end": iso(ow.end), "open": True, "window_id": ow.window_id}
+    w = schedule.next_window(now, saved.last_opened_start)
+    return {"start": iso(w.start), "end": iso(w.end), "open": False, "window_id": w.window_id}
+
+
+__all__ = ["tournament_status", "window_status", "work_status"]
