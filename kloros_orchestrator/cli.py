@@ -9,13 +9,12 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from loguru import logger
 
-from kloros_orchestrator import __version__, cli_host
+from kloros_orchestrator import __version__, cli_host, status_text
 from kloros_orchestrator.errors import ConfigError, KlorosError, StateDirError, ToolMissing, state_dir_error
 from kloros_orchestrator.stop_signals import EARLY
 
@@ -217,57 +216,9 @@ _COMMANDS.update(validate=_validate, run=_run, status=_status, **{"phase-now": _
 
 
 def _when(iso: str | None) -> str:
-    if not iso:
-        return "-"
-    try:
-        return datetime.fromisoformat(iso).astimezone().strftime("%Y-%m-%d %H:%M:%S %Z")
-    except ValueError:
-        return iso
+    return status_text.when(iso)
 
 
 def format_status(s: dict[str, Any]) -> str:
     """Readable summary of the status object (``status --json``; README, "Command line (contract)")."""
-    t = s.get("tournament") or {}
-    nw = s.get("next_window") or {}
-    lp = s.get("last_phase")
-    pacing = s.get("pacing") or {}
-    counters = s.get("counters") or {}
-    domains = s.get("domains") or {}
-    lines = [
-        f"state       {s.get('state')}  (pid {s.get('pid')}, up {float(s.get('uptime_s') or 0):.0f} s, "
-        f"version {s.get('version')})",
-        f"domain      {s.get('domain') or '-'}  generation {s.get('generation')}",
-        f"tournament  {t.get('done', 0)}/{t.get('total', 0)} trials",
-        f"next window {_when(nw.get('start'))} → {_when(nw.get('end'))}",
-        "last PHASE  " + (f"{_when(lp.get('completed_at'))}  {lp.get('results')}" if lp else "none yet"),
-        f"pacing      last sleep {pacing.get('last_sleep_s', '-')} s: {pacing.get('reason', '-')}",
-        "domains     " + ", ".join(f"{k}={v}" for k, v in domains.items()),
-        "counters    " + ", ".join(f"{k}={v}" for k, v in counters.items()),
-    ]
-    lines += _host_lines(s.get("host") or {}, s.get("backoff") or {})
-    return "\n".join(lines)
-
-
-def _host_lines(host: dict[str, Any], backoff: dict[str, Any]) -> list[str]:
-    """What each domain runs (adopted or factory), pending promotions, domains backed off."""
-    domains = host.get("domains") or {}
-    if not domains and not backoff:
-        return []
-    runs = []
-    for name, d in domains.items():
-        a = d.get("adopted") or {}
-        what = f"adopted {a.get('cand_id')} ({a.get('by')})" if d.get("config") == "adopted" else "factory"
-        runs.append(f"{name}={what}" + (" (change pending)" if d.get("change_pending") else ""))
-    lines = [f"host        promotion {host.get('promotion', '-')}; " + ", ".join(runs)]
-    for name, d in domains.items():
-        for p in d.get("pending_promotions") or []:
-            lo, hi = p.get("score_ci95") or (0.0, 0.0)
-            lines.append(
-                f"pending     {name}: {p['cand_id']} score {p['score_v2']:+.4f} CI [{lo:+.4f}, {hi:+.4f}] "
-                f"-> kloros-orchestrator {p['apply']}"
-            )
-        if d.get("note"):
-            lines.append(f"problem     {name}: {d['note']}")
-    for name, b in backoff.items():
-        lines.append(f"backed off  {name} until {_when(b.get('until'))}: {b.get('reason')}")
-    return lines
+    return status_text.format_status(s)

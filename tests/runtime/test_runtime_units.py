@@ -60,3 +60,23 @@ def test_status_summary_shows_every_contract_field() -> None:
     ):
         assert needle in text, needle
     assert "none yet" in format_status({"state": "evolving", "last_phase": None})
+
+
+def test_status_text_shows_the_round_the_trial_in_hand_the_verdict_and_phase_progress() -> None:
+    text = format_status(
+        {
+            "state": "evolving", "domain": "cpu", "generation": 0,
+            "tournament": {"done": 40, "total": 64, "remaining": 24, "round": 2, "rounds": 3,
+                           "arm": "g0c3", "regime": "stress", "eta_s": 80.0,
+                           "leader": {"cand_id": "g0c3", "mean_score": 0.032, "rounds": 2}},
+            "best": {"cpu": {"generation": 0, "text": "g0c3 beat the current configuration: +4.1%"}},
+            "phase": {"run_id": "p1", "epoch": 1, "epochs": 2, "regime": "normal", "replica": 2,
+                      "replicas": 3, "arm": "stock", "domain": "cpu", "done": 10, "total": 48, "eta_s": 190},
+        }
+    )  # fmt: skip
+    assert (
+        "tournament  cpu gen 0 round 2/3: 40/64 trials (24 left, about 1m20s), now g0c3 in stress; "
+        "leader g0c3 +3.2% vs the stock arm" in text
+    )
+    assert "verdict     cpu gen 0: g0c3 beat the current configuration: +4.1%" in text
+    assert "epoch 1/2, normal, replica 2/3, stock on cpu: 10/48 trials, about 3m10s left" in text
