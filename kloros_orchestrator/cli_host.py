@@ -1,4 +1,5 @@
-"""Command line: ``apply``, ``rollback``, ``verify``, ``export`` (README, "From verdict to host").
+"""Command line: ``apply``, ``rollback``, ``verify``, ``export`` (README, "From verdict to host"), and
+``explain`` (what happened to one candidate).
 
 ``apply`` and ``rollback`` go to the running daemon over its socket, which carries them out at the
 next tournament boundary; with no daemon running they are carried out here, under the state_dir's
@@ -23,7 +24,7 @@ if TYPE_CHECKING:
     from kloros_orchestrator.config import LoadedConfig
 
 EXIT_OK, EXIT_FAILURE, EXIT_DRIFT = 0, 1, 1
-COMMANDS = frozenset({"apply", "rollback", "verify", "export"})
+COMMANDS = frozenset({"apply", "rollback", "verify", "export", "explain"})
 
 
 def add_parsers(sub: Any) -> None:
@@ -47,7 +48,10 @@ def add_parsers(sub: Any) -> None:
     e.add_argument("--format", required=True, choices=["tuned", "sysctl", "systemd"])
     e.add_argument("--out", type=Path, default=Path("."), help="directory to write into (default: .)")
     e.add_argument("--unit", help="systemd unit for --format systemd (default: domain_options.<d>.unit)")
-    for p in (a, r, v, e):
+    x = sub.add_parser("explain", help="what happened to one candidate: race, caps, score, PHASE, host")
+    x.add_argument("cand_id", help="a candidate id, e.g. g0c2 (status, the report, packs name them)")
+    x.add_argument("--domain", help="only this domain's candidate of that id")
+    for p in (a, r, v, e, x):
         p.add_argument("--config", type=Path, help="dream.yaml (default: the embedded default)")
     for p in (a, r):
         p.add_argument("--socket", help="the daemon's socket (default: from --config)")
@@ -61,6 +65,12 @@ def run(args: argparse.Namespace, argv: list[str] | None) -> int:
         return _change(args, loaded)
     if args.command == "verify":
         return _verify(args, loaded)
+    if args.command == "explain":
+        from kloros_orchestrator.explain import explain
+        from kloros_orchestrator.store import StatePaths
+
+        print("\n".join(explain(StatePaths(loaded.state_dir), args.cand_id, args.domain)))
+        return EXIT_OK
     return _export(args, loaded, argv)
 
 

@@ -217,6 +217,8 @@ class Concluder:
                 "eliminated": eliminated is not None,
                 "elimination": eliminated,
                 "safe": pack.safe,
+                "unsafe_reasons": pack.unsafe_reasons,
+                "improves_over_baseline": agg.improves_over_baseline,
                 "not_scored_reason": agg.not_scored_reason,
             },
         )
