@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from loguru import logger
 
@@ -119,6 +119,7 @@ def _run(args: argparse.Namespace) -> int:
     # recorded now, replayed once the daemon's loop runs. Before the heavy imports below.
     early = EARLY.install()
     from kloros_orchestrator.config import load_config
+    from kloros_orchestrator.logs import setup_logging
     from kloros_orchestrator.runtime.driver import run_daemon
     from kloros_orchestrator.runtime.workloads import find_stress_ng
     from kloros_orchestrator.statedir import check_state_dir
@@ -138,7 +139,8 @@ def _run(args: argparse.Namespace) -> int:
     try:
         # Before anything under state_dir is written: the first touch is the daemon log.
         moved = check_state_dir(loaded.state_dir, socket_dir=loaded.socket_path.parent)
-        _setup_logging(loaded.config.log_level, loaded.state_dir)
+        log_file = loaded.config.log_file
+        setup_logging(loaded.config.log_level, log_file=Path(log_file).absolute() if log_file else None)
         _record_moved(loaded.state_dir, moved)
     except StateDirError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -166,24 +168,20 @@ def _record_moved(state_dir: Path, moved: list[Rejected]) -> None:
         events.record("state_entry_rejected", **r.fields())
 
 
-def _setup_logging(level: str, state_dir: Path) -> None:
-    from kloros_orchestrator.safefs import LogFile, make_dirs
-
-    logger.remove()
-    logger.add(sys.stderr, level=level.upper(), format="{time:YYYY-MM-DD HH:mm:ss.SSS} {level: <7} {message}")
-    log_dir = state_dir / "logs"
-    make_dirs(log_dir)
-    # Opened here (O_NOFOLLOW, regular files only) and handed over as an object: given a path,
-    # loguru would follow a planted link and read braces in the path as a format string.
-    logger.add(LogFile(log_dir / "daemon.log"), level=level.upper(), enqueue=False)
+SYSTEM_SOCKET: Final = Path("/run/kloros-orchestrator/kloros.sock")  # the installed unit's
 
 
 def _socket_path(args: argparse.Namespace) -> Path:
+    """``--socket``, else the config's; with neither flag, the system daemon's socket when there is
+    no local one (``status`` from any directory finds the daemon systemd runs)."""
     if args.socket:
         return Path(args.socket)
     from kloros_orchestrator.config import load_config
 
-    return load_config(args.config).socket_path
+    local = load_config(args.config).socket_path
+    if args.config is None and not local.exists() and SYSTEM_SOCKET.exists():
+        return SYSTEM_SOCKET
+    return local
 
 
 def _status(args: argparse.Namespace) -> int:

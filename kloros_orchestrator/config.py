@@ -95,6 +95,13 @@ def class_options(options: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in options.items() if k not in DOMAIN_META_KEYS}
 
 
+class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``metrics.textfile``: a Prometheus text file (node_exporter's textfile collector) rewritten at
+    every event; null: none."""
+
+    textfile: str | None = None
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str = "./var"
     socket: str | None = None  # default: <state_dir>/kloros.sock
@@ -108,6 +115,8 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     dream: DreamConfig = msgspec.field(default_factory=DreamConfig)
     phase: PhaseConfig = msgspec.field(default_factory=PhaseConfig)
     promotion: PromotionConfig = msgspec.field(default_factory=PromotionConfig)
+    metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    log_file: str | None = None  # a copy of the log in this file; default: stderr (the journal) only
     # Per-domain options (command domains' command/knobs/kpis, storage device, generic domains).
     domain_options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
 
@@ -299,6 +308,18 @@ def _env_overrides(raw: dict[str, Any], problems: list[str]) -> None:
         dream["trials"] = n
 
 
+def _systemd_directories(raw: dict[str, Any]) -> None:
+    """Under systemd, ``StateDirectory=``/``RuntimeDirectory=`` give ``$STATE_DIRECTORY`` and
+    ``$RUNTIME_DIRECTORY``: they stand in for ``state_dir`` and the socket's directory when the file
+    does not name them (the first path when several are listed)."""
+    state = os.environ.get("STATE_DIRECTORY", "").split(":")[0]
+    if state and "state_dir" not in raw:
+        raw["state_dir"] = state
+    runtime = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if runtime and "socket" not in raw:
+        raw["socket"] = os.path.join(runtime, "kloros.sock")
+
+
 def _apply_overrides(raw: dict[str, Any], overrides: dict[str, Any]) -> None:
     """Command-line values replace the file's; under a key that is no mapping the type check reports it."""
     for dotted, value in overrides.items():
@@ -327,6 +348,7 @@ def _parse_main_file(
     if not isinstance(raw, dict):
         raise ConfigError([f"{file}: (top level): expected a mapping, got {type(raw).__name__}"])
     _env_overrides(raw, problems)
+    _systemd_directories(raw)
     _apply_overrides(raw, overrides)
     dropped: set[str] = set()
     clean = _check_fields(raw, Config, file, "", problems, dropped)

@@ -417,6 +417,8 @@ class DreamLoop:
             f" (a first look: {seconds:g} s trials)" if gen == 0 and look is not None and seconds else "",
         )  # fmt: skip
         out = await t.run()
+        for cid, why in out.race.eliminated.items():
+            self.events.record("race_eliminated", domain=name, generation=gen, cand_id=cid, reason=why)
         rng = np.random.default_rng(seed_of(self.settings.seed, name, gen, "bootstrap"))
         verdict = self.concluder.conclude(s.domain, gen, s.stock, out, self.evaluator.missing_reasons(), rng)
         s.engine.tell(verdict.told)

@@ -32,6 +32,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from functools import partial
+from pathlib import Path
 from typing import Any, assert_never
 
 import anyio
@@ -70,7 +71,8 @@ from kloros_orchestrator.runtime.control import serve_control
 from kloros_orchestrator.runtime.dream import DreamLoop, DreamSettings
 from kloros_orchestrator.runtime.evaluate import Evaluator
 from kloros_orchestrator.runtime.host_keeper import HOST_COMMANDS, HostKeeper
-from kloros_orchestrator.runtime.notify import Notifier
+from kloros_orchestrator.runtime.metrics import MetricsFile
+from kloros_orchestrator.runtime.notify import Notifier, keep_watchdog
 from kloros_orchestrator.runtime.phase_runner import (
     Analyzer,
     PhaseOutcome,
@@ -96,7 +98,7 @@ from kloros_orchestrator.runtime.startup import (
     window_after_restart,
     write_run_manifest,
 )
-from kloros_orchestrator.runtime.status import window_status, work_status
+from kloros_orchestrator.runtime.status import metrics_status, window_status, work_status
 from kloros_orchestrator.runtime.workloads import (
     become_subreaper,
     find_stress_ng,
@@ -190,6 +192,8 @@ class Daemon:
         self.stress_ng = find_stress_ng()
         self.stress_ng_version = await anyio.to_thread.run_sync(stress_ng_version, self.stress_ng)
         self.sensors: Sensors = await anyio.to_thread.run_sync(discover_sensors, self.loaded.sysfs_root)
+        tf = self.cfg.metrics.textfile
+        self.metrics, self._busy_s = (MetricsFile(Path(tf).absolute()) if tf else None), 0.0
         self.evaluator: TrialRunner = self._runner or Evaluator(
             workdir=self.paths.tmp,
             sensors=self.sensors,
@@ -227,16 +231,13 @@ class Daemon:
             sensors_missing=dict(self.sensors.missing),
         )
 
-    def _regimes(self) -> dict[str, tuple[str, ...]]:
-        return {n: tuple(r for r in REGIMES if r in specs) for n, specs in self.loaded.regimes.items()}
-
     def _make_dream(self, domains: dict[str, Any]) -> DreamLoop:
         return DreamLoop(
             DreamSettings(
                 dream=self.cfg.dream,
                 seed=self.cfg.seed,
                 n_boot=self.cfg.bootstrap_samples,
-                regimes=self._regimes(),
+                regimes={n: tuple(r for r in REGIMES if r in rs) for n, rs in self.loaded.regimes.items()},
             ),
             domains=domains,
             evaluator=self.evaluator,
@@ -306,9 +307,17 @@ class Daemon:
         save_state(self.paths.runtime_state, self.saved)
 
     def _log_trial(self, tr: TrialResult) -> None:
-        """Every trial, failed ones included, in ``logs/trials.jsonl`` (audit trail)."""
+        """Every trial, failed ones included, in ``logs/trials.jsonl`` (audit trail) and the metrics."""
         append_jsonl(self.paths.trials, {"ts": self.clock(), "state": str(self.coord.state), **jsonable(
             {f: getattr(tr, f) for f in tr.__struct_fields__})})  # fmt: skip
+        self._busy_s += tr.wall_s
+        if self.metrics is not None:
+            self.metrics.trial(tr)
+            self._write_metrics()
+
+    def _write_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.write(metrics_status(self.status(), self.keeper.results, self._busy_s))
 
     # --- events and commands ----------------------------------------------------------------------
 
@@ -331,6 +340,7 @@ class Daemon:
             if self.coord.state != before:
                 logger.info("state {} -> {} on {}", before, self.coord.state, ev.name)
                 self.notifier.status(f"{self.coord.state}: {self._status_line()}")
+        self._write_metrics()
         return True
 
     def _execute(self, cmd: Command) -> Event | None:
@@ -450,8 +460,7 @@ class Daemon:
         }
 
     def _status_line(self) -> str:
-        pr = self.progress
-        return f"domain={pr.domain or '-'} gen={pr.generation} trials={self.evaluator.counters.trials}"
+        return f"domain={self.progress.domain or '-'} gen={self.progress.generation}"
 
     async def handle_request(self, req: dict[str, Any]) -> dict[str, Any]:
         cmd = req.get("cmd")
@@ -532,6 +541,7 @@ class Daemon:
         """The task group, until the coordinator says ``Shutdown`` (or ``--once`` is done)."""
         async with anyio.create_task_group() as tg:
             self._tg = tg
+            tg.start_soon(keep_watchdog, self.notifier)  # WATCHDOG=1 while this loop turns
             if self.stop_reason is not None:  # a stop signal arrived during start-up
                 return
             await tg.start(self._serve_socket)
@@ -556,6 +566,7 @@ class Daemon:
             except OSError as e:  # a full disk must not turn a clean stop into a traceback
                 logger.error("cannot record the stop: {}", e)
             logger.info("stopped ({})", self.stop_reason or "done")
+            self._write_metrics()
             self.release_lock()
             set_child_subreaper(self._was_subreaper)  # no workload is left: as we found the process
 

@@ -12,6 +12,7 @@ import socket
 from collections.abc import Mapping
 from typing import Final
 
+import anyio
 from loguru import logger
 
 _SEND_TIMEOUT_S: Final = 1.0
@@ -104,3 +105,13 @@ class Notifier:
         if isinstance(usec, bool) or not isinstance(usec, int) or usec < 0:
             raise ValueError(f"extend_timeout needs a non-negative integer of microseconds, got {usec!r}")
         return self.send(f"EXTEND_TIMEOUT_USEC={usec}")
+
+
+async def keep_watchdog(notifier: Notifier) -> None:
+    """``WATCHDOG=1`` every :attr:`Notifier.watchdog_interval` seconds while the event loop turns (a
+    loop that stops turning stops pinging, and systemd restarts the daemon); returns at once when
+    there is no watchdog."""
+    every = notifier.watchdog_interval
+    while every is not None:
+        notifier.watchdog()
+        await anyio.sleep(every)

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from kloros_orchestrator.core.schedule import Schedule
+from kloros_orchestrator.phase.results import PhaseResults
 from kloros_orchestrator.runtime.evaluate import TrialCounters
 from kloros_orchestrator.runtime.records import Progress, SavedState, iso
 
@@ -60,4 +61,23 @@ def window_status(saved: SavedState, schedule: Schedule, now: float) -> dict[str
     return {"start": iso(w.start), "end": iso(w.end), "open": False, "window_id": w.window_id}
 
 
-__all__ = ["tournament_status", "window_status", "work_status"]
+def metrics_status(status: dict[str, Any], results: PhaseResults | None, busy_s: float) -> dict[str, Any]:
+    """``status`` plus what the metrics file needs beyond it: each domain's best score with its
+    interval, the last PHASE's verdict counts, and the share of the uptime spent in trials."""
+    best = {
+        name: {"cand_id": b.get("cand_id"), "score": b.get("score"), "ci95": b.get("ci95")}
+        for name, b in (status.get("best") or {}).items()
+    }
+    out = {**status, "best": best}
+    if results is not None:
+        out["phase_verdicts"] = {
+            "promoted": len(results.promoted_variants),
+            "flagged": len(results.flagged_variants),
+        }
+    uptime = float(status.get("uptime_s") or 0.0)
+    if uptime > 0:
+        out["duty_cycle"] = min(1.0, busy_s / uptime)
+    return out
+
+
+__all__ = ["metrics_status", "tournament_status", "window_status", "work_status"]

@@ -122,7 +122,10 @@ async def test_a_whole_tournament_reports_writes_every_artifact_and_restores_the
     assert rig.checkpoints == [done.now]
     assert rig.status[0] == f"tournament {TUNE} gen 0 started"
     assert rig.status[1].startswith(f"{TUNE} gen 0 trial 1/")
-    assert rig.events.records == []
+    # Only the race's eliminations, each with its reason (t and p), are events of a plain tournament.
+    elim = rig.events.records
+    assert {e["event"] for e in elim} <= {"race_eliminated"}
+    assert all(e["domain"] == TUNE and e["generation"] == 0 and "behind" in e["reason"] for e in elim)
 
 
 async def test_racing_stops_measuring_a_clearly_worse_candidate(rig: DreamRig) -> None:
