@@ -15,15 +15,25 @@ from typing import Any
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
-EXAMPLE = textwrap.dedent(
+DESCRIPTION = textwrap.dedent(
     """\
-    example:
-      kloros-orchestrator report --config /etc/kloros-orchestrator/dream.yaml
-      xdg-open /var/lib/kloros-orchestrator/report/index.html
+    Write <out>/index.html: scores over generations, the hall of fame, PHASE verdicts, racing
+    eliminations, pacing, trial failures, the machine and versions.
 
-    The page is one file: figures are inline PNG images, nothing is fetched (it opens offline and
-    can be mailed or archived as is). Sections with nothing to show yet say so. Files are read,
-    never changed or moved; the daemon may keep running meanwhile.
+    The page is one file: figures are inline PNG images and nothing is fetched (it opens offline and
+    can be mailed or archived as is). Sections with nothing to show yet say so. The daemon's files
+    are only read (never changed, moved, or followed through a link), so it may keep running.
+    """
+)
+EPILOG = textwrap.dedent(
+    """\
+    exit codes:
+      0 written (the path of index.html is printed)
+      1 the state_dir is not a directory, or the page could not be written
+      2 the configuration has a problem (each printed as file: key: problem)
+
+    example:
+      kloros-orchestrator report --config /etc/kloros-orchestrator/dream.yaml --out /tmp/report
     """
 )
 
@@ -33,9 +43,8 @@ def add_parsers(sub: Any) -> None:
     r = sub.add_parser(
         "report",
         help="write a self-contained HTML report (figures inline) about a state_dir",
-        description="Write <out>/index.html: scores over generations, hall of fame, PHASE verdicts,\n"
-        "racing eliminations, pacing, trial failures, the machine and versions.",
-        epilog=EXAMPLE,
+        description=DESCRIPTION,
+        epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     opt = r.add_argument

@@ -398,8 +398,9 @@ def test_report_help_has_an_example(capsys: pytest.CaptureFixture[str]) -> None:
         _parser().parse_args(["report", "--help"])
     assert done.value.code == 0
     text = capsys.readouterr().out
-    assert "--state-dir D" in text and "--out DIR" in text and "example:" in text
-    assert "kloros-orchestrator report --config" in text
+    assert "--state-dir D" in text and "--out DIR" in text and "exit codes:\n  0 written" in text
+    assert "example:\n  kloros-orchestrator report --config" in text
+    assert "nothing is fetched" in text
 
 
 def test_figures_draw_the_edge_cases_without_a_warning() -> None:
