@@ -81,6 +81,14 @@ def _declared(space: SearchSpace) -> dict[str, object]:
     return {n: space.original(n).to_dict() for n in space.names}
 
 
+def _same_genome(dom: SpicaDomain, genome: Genome, stock: Genome) -> bool:
+    """Whether ``genome`` is ``stock`` once the domain has filled in and normalised it."""
+    try:
+        return dom.validate_genome(genome) == dict(stock)
+    except Exception:  # a genome the domain refuses is not the current configuration
+        return False
+
+
 @dataclass
 class DomainSearch:
     """One runnable domain's search: its engine, numbering, hall of fame and recent durations."""
@@ -388,7 +396,13 @@ class DreamLoop:
         """Run and conclude one tournament; returns the failure reasons when every trial failed."""
         s = self.searches[name]
         gen = s.generation
-        cands = s.engine.ask()
+        asked = s.engine.ask()
+        # A candidate that is the current configuration scores 0 by definition: the stock arm
+        # measures it anyway, so it is told as such and never raced against itself.
+        current = [c for c in asked if _same_genome(s.domain, c.genome, s.stock)]
+        cands = [c for c in asked if c not in current] or asked
+        if len(cands) == len(asked):
+            current = []
         self.progress.domain, self.progress.generation = name, gen
         trials, seconds = self.cfg.trials, self.cfg.trial_seconds
         look = self.cfg.first_look_seconds
@@ -421,7 +435,7 @@ class DreamLoop:
             self.events.record("race_eliminated", domain=name, generation=gen, cand_id=cid, reason=why)
         rng = np.random.default_rng(seed_of(self.settings.seed, name, gen, "bootstrap"))
         verdict = self.concluder.conclude(s.domain, gen, s.stock, out, self.evaluator.missing_reasons(), rng)
-        s.engine.tell(verdict.told)
+        s.engine.tell([*verdict.told, *((c, 0.0) for c in current)])
         for note in s.engine.adapt():
             self.events.record("search_space_adapted", domain=name, generation=gen, change=note)
         best = verdict.best

@@ -112,3 +112,20 @@ def test_eta_and_durations_for_people() -> None:
     pr.trial_wall_s = 2.5
     assert pr.eta_s() == 75.0
     assert [format_duration(s) for s in (4.2, 95, 3725)] == ["4s", "1m35s", "1h02m"]
+
+
+async def test_a_candidate_equal_to_the_current_configuration_is_told_zero_not_raced(tmp_path: Path) -> None:
+    from kloros_orchestrator.engine import Candidate
+
+    rig = rig_with(tmp_path, trials=2)
+    s = rig.loop.searches[TUNE]
+    asked = s.engine.ask()
+    twin = Candidate(asked[0].cand_id, dict(s.stock), 0)
+    s.engine._pending = [twin, *asked[1:]]  # the engine proposed the current configuration
+    told: list[Any] = []
+    real_tell = s.engine.tell
+    s.engine.tell = lambda results: (told.extend(results), real_tell(results))[1]  # type: ignore[method-assign]
+    with anyio.fail_after(10):
+        await rig.loop.tournament(TUNE)
+    assert twin.cand_id not in {c.cand_id for c in rig.runner.calls}
+    assert (twin, 0.0) in told and len(told) == len(asked)
