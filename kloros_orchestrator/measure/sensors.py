@@ -167,7 +167,7 @@ def discover_sensors(sysfs_root: Path) -> Sensors:
         root,
         len(temp_paths),
         len(zones),
-        missing or "none",
+        "; ".join(f"{k} ({why})" for k, why in missing.items()) or "none",
     )
     return Sensors(root, temp_paths, zones, missing)
 

@@ -194,9 +194,8 @@ class DreamLoop:
                 ),
                 durations=deque(prior.durations if prior else [], maxlen=ROLLING),
             )
-            logger.info("domain {}: {} knob(s) {}", name, len(dom.search_space()), sorted(dom.search_space()))
-            for knob, reason in dom.dropped.items():
-                logger.info("domain {}: knob {} dropped: {}", name, knob, reason)
+            knobs = sorted(dom.search_space())
+            logger.info("domain {}: {} knob(s): {}", name, len(knobs), ", ".join(knobs))
 
     def _usable(self, dom: SpicaDomain, hof: list[HallOfFameEntry]) -> list[HallOfFameEntry]:
         """The entries this host can still apply: a genome from before a knob disappeared (or was

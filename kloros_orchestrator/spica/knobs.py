@@ -366,14 +366,15 @@ def discover_knob(knob: Knob, sysfs_root: Path) -> Discovered:
     try:
         stock = knob.decode(texts[0])
     except ValueError as exc:
-        return Discovered(None, None, f"unparseable value {texts[0].strip()!r}: {exc}")
+        return Discovered(None, None, f"its value \"{texts[0].strip()[:80]}\" does not parse: {exc}")
     if knob.type == "choice":
         fitted, reason = _fit_choices(knob, texts[0], sysfs_root)
         if fitted is None:
             return Discovered(None, None, reason)
         stock = fitted.decode(texts[0])
         if str(stock) not in map(str, fitted.choices):
-            return Discovered(None, None, f"current value {stock!r} is not one of {list(fitted.choices)!r}")
+            offered = ", ".join(map(str, fitted.choices))
+            return Discovered(None, None, f"its current value {stock} is not one of {offered}")
         stock = fitted.coerce(stock)
     elif knob.type in ("int", "float"):
         fitted = _widen_to(knob, stock)

@@ -74,7 +74,7 @@ def test_probe_reports_why_a_knob_is_unusable(tmp_path: Path, monkeypatch: pytes
     (tmp_path / "sys/kernel/mm/transparent_hugepage/enabled").mkdir(parents=True)
     assert "not a regular file" in probe(THP, tmp_path)[1]
     (tmp_path / "proc/sys/vm/swappiness").write_text("sixty\n")
-    assert "unparseable" in probe(SWAP, tmp_path)[1]
+    assert "\"sixty\" does not parse" in probe(SWAP, tmp_path)[1]
     (tmp_path / "proc/sys/vm/swappiness").write_text("60\n")
 
     def refuse(path: Path, text: str, sysfs_root: Path) -> None:
