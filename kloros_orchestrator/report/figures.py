@@ -98,14 +98,17 @@ def scores(
     if out:
         ax.scatter([g for g, _ in out], [v for _, v in out], s=16, facecolors="none", edgecolors="#999999",
                    label="candidate eliminated by racing", zorder=2)  # fmt: skip
-    band = [(b.generation, b.ci[0], b.ci[1]) for b in best if b.score is not None and b.ci is not None]
-    if band:
-        ax.fill_between([g for g, _, _ in band], [lo for _, lo, _ in band], [hi for *_, hi in band],
-                        color=GOOD, alpha=0.18, label="95% CI of the best", zorder=1)  # fmt: skip
-    scored = [(b.generation, b.score) for b in best if b.score is not None]
-    if scored:
-        ax.plot([g for g, _ in scored], [v for _, v in scored], "-o", color=GOOD, ms=4,
-                label="generation's best (score_v2)", zorder=3)  # fmt: skip
+    # Scores on either side of a change of configuration are against different stock arms: the
+    # line and the band are broken there rather than drawn across.
+    for k, seg in enumerate(_segments([b for b in best if b.score is not None], [g for g, _ in adoptions])):
+        band = [(b.generation, b.ci[0], b.ci[1]) for b in seg if b.ci is not None]
+        if band:
+            ax.fill_between([g for g, _, _ in band], [lo for _, lo, _ in band], [hi for *_, hi in band],
+                            color=GOOD, alpha=0.18, label=None if k else "95% CI of the best",
+                            zorder=1)  # fmt: skip
+        line = [(b.generation, b.score) for b in seg if b.score is not None]
+        ax.plot([g for g, _ in line], [v for _, v in line], "-o", color=GOOD, ms=4,
+                label=None if k else "generation's best (score_v2)", zorder=3)  # fmt: skip
     ax.axhline(0.0, color=STOCK, lw=1.5, ls="--", label="current configuration (stock arm)", zorder=1)
     for gen, text in adoptions:
         ax.axvline(gen - 0.5, color=NEUTRAL, lw=1, ls=":")
@@ -119,39 +122,66 @@ def scores(
     return fig
 
 
-def _forest_rows(fame: Sequence[FameEntry]) -> list[tuple[str, FameEntry]]:
-    rows = [(f"{f.domain} · {f.cand_id} (gen {f.generation})", f) for f in fame if f.deltas]
-    return rows
+def _segments(best: Sequence[GenerationBest], cuts: Sequence[int]) -> list[list[GenerationBest]]:
+    """``best`` split where the stock arm changed (before each generation in ``cuts``)."""
+    out: dict[int, list[GenerationBest]] = {}
+    for b in best:
+        out.setdefault(sum(1 for c in cuts if b.generation >= c), []).append(b)
+    return list(out.values())
+
+
+Values = dict[str, tuple[float, tuple[float, float] | None]]  # KPI -> (% difference, CI)
+ForestRow = tuple[str, str, str, Values]  # domain, entry label, regime, values
+
+
+def _forest_rows(fame: Sequence[FameEntry]) -> list[ForestRow]:
+    rows: list[ForestRow] = []
+    for f in fame:
+        by_regime: dict[str, Values] = {}
+        for d in f.deltas:
+            by_regime.setdefault(d.regime, {})[d.kpi] = (d.pct, d.ci_pct)
+        label = f"{f.cand_id} (gen {f.generation})"
+        rows += [(f.domain, label, regime, values) for regime, values in by_regime.items()]
+    return rows[:MAX_ROWS]
 
 
 @drawn
 def forest(fame: Sequence[FameEntry]) -> Figure:
-    """Per hall-of-fame entry and regime, each KPI's difference from the stock mean, with its CI."""
-    kpis = [k for k in _kpi_order(fame)]
-    rows: list[tuple[str, str, dict[str, tuple[float, tuple[float, float] | None]]]] = []
-    for label, f in _forest_rows(fame):
-        by_regime: dict[str, dict[str, tuple[float, tuple[float, float] | None]]] = {}
-        for d in f.deltas:
-            by_regime.setdefault(d.regime, {})[d.kpi] = (d.pct, d.ci_pct)
-        rows += [(label, regime, values) for regime, values in by_regime.items()]
-    rows = rows[:MAX_ROWS]
-    fig = Figure(figsize=(WIDTH_IN, 1.2 + 0.24 * len(rows)))
-    axes: list[Axes] = list(fig.subplots(1, len(kpis), sharey=True, squeeze=False)[0])
-    ys = list(range(len(rows)))[::-1]
-    for ax, kpi in zip(axes, kpis, strict=True):
-        for y, (_, regime, values) in zip(ys, rows, strict=True):
-            if kpi not in values:
-                continue
-            pct, ci = values[kpi]
-            colour = REGIME_COLOURS.get(regime, NEUTRAL)
-            err = None if ci is None else [[max(0.0, pct - ci[0])], [max(0.0, ci[1] - pct)]]
-            ax.errorbar([pct], [y], xerr=err, fmt="o", color=colour, ms=4, capsize=2)
-        ax.axvline(0.0, color=STOCK, lw=1.2, ls="--")
-        better = "lower" if "latency" in kpi or kpi in ("watts", "temp_c") else "higher"
-        ax.set_title(f"{kpi}: % vs stock ({better} is better)", fontsize=9)
-        ax.set_xlabel("% difference from the stock mean")
-    axes[0].set_yticks(ys, [_label(f"{label} · {regime}", 60) for label, regime, _ in rows], fontsize=8)
+    """Per hall-of-fame entry and regime, each KPI's difference from the stock mean, with its CI:
+    one row of panels per domain (each on its own scale), one column per KPI."""
+    kpis = _kpi_order(fame)
+    rows = _forest_rows(fame)
+    domains = list(dict.fromkeys(r[0] for r in rows))
+    per = [[r for r in rows if r[0] == d] for d in domains]
+    fig = Figure(figsize=(WIDTH_IN, 0.9 + 0.55 * len(domains) + 0.22 * len(rows)))
+    grid = fig.subplots(len(domains), len(kpis), sharey="row", squeeze=False,
+                        gridspec_kw={"height_ratios": [len(p) for p in per]})  # fmt: skip
+    for i, (domain, drows) in enumerate(zip(domains, per, strict=True)):
+        ys = list(range(len(drows)))[::-1]
+        for j, kpi in enumerate(kpis):
+            ax: Axes = grid[i][j]
+            _forest_panel(ax, kpi, ys, drows)
+            if i == 0:
+                better = "lower" if "latency" in kpi or kpi in ("watts", "temp_c") else "higher"
+                ax.set_title(f"{kpi}: % vs stock ({better} is better)", fontsize=9)
+            if i == len(domains) - 1:
+                ax.set_xlabel("% difference from the stock mean")
+        labels = [_label(f"{label} · {regime}", 48) for _, label, regime, _ in drows]
+        grid[i][0].set_yticks(ys, labels, fontsize=8)
+        grid[i][0].set_ylabel(_label(domain, 24), fontsize=9)
     return fig
+
+
+def _forest_panel(ax: Axes, kpi: str, ys: list[int], rows: Sequence[ForestRow]) -> None:
+    for y, (_, _, regime, values) in zip(ys, rows, strict=True):
+        if kpi not in values:
+            continue
+        pct, ci = values[kpi]
+        colour = REGIME_COLOURS.get(regime, NEUTRAL)
+        err = None if ci is None else [[max(0.0, pct - ci[0])], [max(0.0, ci[1] - pct)]]
+        ax.errorbar([pct], [y], xerr=err, fmt="o", color=colour, ms=4, capsize=2)
+    ax.axvline(0.0, color=STOCK, lw=1.2, ls="--")
+    ax.set_ylim(-0.6, len(ys) - 0.4)
 
 
 def _kpi_order(fame: Sequence[FameEntry]) -> list[str]:

@@ -66,6 +66,7 @@ def _candidates(data: ReportData, history: Iterable[dict[str, Any]]) -> None:
                 ci=interval(row.get("score_ci95")),
                 trials_used=count(row.get("trials_used")),
                 elimination=None if elimination is None else clip(elimination or "no reason recorded"),
+                ts=number(row.get("ts")) or 0.0,
             )
         )
     for domain, rows in data.candidates.items():
@@ -76,7 +77,7 @@ def _eliminations(data: ReportData, events: Iterable[dict[str, Any]]) -> list[El
     """Every candidate racing stopped early, with why: from the fitness history, and from
     ``race_eliminated`` events for any the history does not have."""
     out = [
-        Elimination(c.domain, c.generation, c.cand_id, c.elimination, c.trials_used)
+        Elimination(c.domain, c.generation, c.cand_id, c.elimination, c.trials_used, c.ts)
         for rows in data.candidates.values()
         for c in rows
         if c.elimination is not None
@@ -90,8 +91,9 @@ def _eliminations(data: ReportData, events: Iterable[dict[str, Any]]) -> list[El
         if gen is None or (domain, gen, cand) in seen:
             continue
         seen.add((domain, gen, cand))
-        out.append(Elimination(domain, gen, cand, clip(ev.get("reason") or "no reason recorded"), None))
-    out.sort(key=lambda e: (e.domain, e.generation, e.cand_id))
+        reason = clip(ev.get("reason") or "no reason recorded")
+        out.append(Elimination(domain, gen, cand, reason, None, number(ev.get("ts")) or 0.0))
+    out.sort(key=lambda e: e.ts)  # stable: the files' own order within one timestamp
     return out[-MAX_ELIMINATIONS:]
 
 

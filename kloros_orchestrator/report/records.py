@@ -40,6 +40,7 @@ class Candidate:
     ci: Interval | None
     trials_used: int | None
     elimination: str | None  # why racing eliminated it; None when it ran every trial
+    ts: float = 0.0  # when it was recorded (Unix seconds)
 
 
 @dataclass(frozen=True)
@@ -73,6 +74,7 @@ class Elimination:
     cand_id: str
     reason: str
     trials_used: int | None
+    ts: float = 0.0
 
 
 @dataclass(frozen=True)

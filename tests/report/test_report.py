@@ -343,6 +343,7 @@ def test_untrusted_text_is_escaped_and_bad_files_are_listed_not_moved(tmp_path: 
     events.record("pacing", sleep_s=30.0, reason=hostile, inputs={}, defer_to_window=False)
     events.record("pacing", sleep_s=float("nan"), reason="not a number: skipped")  # written as null
     events.record("domain_backoff", domain=hostile, seconds=600, reason=hostile, drift=[])
+    events.record("race_eliminated", domain="cpu", generation=3, cand_id="g3c1", reason="behind g3c0 <t=9>")
     (state / "logs" / "fitness_history.jsonl").write_text('{"kind": "candidate", "domain": 5}\n{torn')
     packs = state / "artifacts" / "candidates" / "cpu"
     packs.mkdir(parents=True)
@@ -357,6 +358,7 @@ def test_untrusted_text_is_escaped_and_bad_files_are_listed_not_moved(tmp_path: 
     assert_self_contained(page, text)
     assert "<script>" not in text and "http://x" not in [*page.urls]
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in text
+    assert '<td>g3c1</td><td class="num">–</td><td>behind g3c0 &lt;t=9&gt;</td>' in text  # the event alone
     assert "fig-failures" in page.figure_images and "fig-pacing" in page.figure_images  # "$" drawn as text
     problems = text[text.index('id="sec-problems"') :]
     assert "state_dir/artifacts/candidates/cpu/gen0_best.json" in problems
