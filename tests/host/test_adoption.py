@@ -15,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from memory_tree import FACTORY, MEMINFO, MIN_FREE, PLAIN, SWAPPINESS, THP_DEFRAG, THP_ENABLED, VFS, ZONE
 
 from kloros_orchestrator.host import adoption
 from kloros_orchestrator.host.adoption import PROMOTION_RULE, AdoptionRefused, DomainCheck
@@ -38,22 +39,6 @@ from kloros_orchestrator.spica.knobs import KnobJournal
 from kloros_orchestrator.store import StatePaths
 from kloros_orchestrator.testing import write_tree
 
-THP_ENABLED = "sys/kernel/mm/transparent_hugepage/enabled"
-THP_DEFRAG = "sys/kernel/mm/transparent_hugepage/defrag"
-SWAPPINESS = "proc/sys/vm/swappiness"
-VFS = "proc/sys/vm/vfs_cache_pressure"
-MIN_FREE = "proc/sys/vm/min_free_kbytes"
-ZONE = "proc/sys/vm/zone_reclaim_mode"
-FACTORY = {
-    THP_ENABLED: "always [madvise] never\n",
-    THP_DEFRAG: "always defer defer+madvise [madvise] never\n",
-    SWAPPINESS: "60\n",
-    VFS: "100\n",
-    MIN_FREE: "67584\n",
-    ZONE: "0\n",
-}
-PLAIN = (SWAPPINESS, VFS, MIN_FREE, ZONE)
-MEMINFO = {"proc/meminfo": "MemTotal:       16384000 kB\nMemFree:        1000 kB\n"}
 KNOB_OF = {
     THP_ENABLED: "thp_enabled", THP_DEFRAG: "thp_defrag", SWAPPINESS: "swappiness",
     VFS: "vfs_cache_pressure", MIN_FREE: "min_free_kbytes", ZONE: "zone_reclaim_mode",

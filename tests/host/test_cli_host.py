@@ -18,6 +18,18 @@ from typing import Any
 
 import pytest
 import yaml
+from memory_tree import (
+    BRACKET,
+    FACTORY,
+    MEMINFO,
+    MIN_FREE,
+    PLAIN,
+    SWAPPINESS,
+    THP_DEFRAG,
+    THP_ENABLED,
+    VFS,
+    ZONE,
+)
 
 from kloros_orchestrator.cli import main
 from kloros_orchestrator.model import Genome
@@ -34,23 +46,6 @@ from kloros_orchestrator.runtime.records import DomainProgress, HallOfFameEntry,
 from kloros_orchestrator.store import StatePaths, read_jsonl
 from kloros_orchestrator.testing import snapshot_files, write_tree
 
-THP_ENABLED = "sys/kernel/mm/transparent_hugepage/enabled"
-THP_DEFRAG = "sys/kernel/mm/transparent_hugepage/defrag"
-SWAPPINESS = "proc/sys/vm/swappiness"
-VFS = "proc/sys/vm/vfs_cache_pressure"
-MIN_FREE = "proc/sys/vm/min_free_kbytes"
-ZONE = "proc/sys/vm/zone_reclaim_mode"
-FACTORY = {
-    THP_ENABLED: "always [madvise] never\n",
-    THP_DEFRAG: "always defer defer+madvise [madvise] never\n",
-    SWAPPINESS: "60\n",
-    VFS: "100\n",
-    MIN_FREE: "67584\n",
-    ZONE: "0\n",
-}
-PLAIN = (SWAPPINESS, VFS, MIN_FREE, ZONE)
-BRACKET = (THP_ENABLED, THP_DEFRAG)
-MEMINFO = {"proc/meminfo": "MemTotal:       16384000 kB\nMemFree:        1000 kB\n"}
 PROMOTED: Genome = {
     "thp_enabled": "never", "thp_defrag": "defer", "swappiness": 10, "vfs_cache_pressure": 200,
     "min_free_kbytes": 32768, "zone_reclaim_mode": 1,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from memory_tree import MEMORY_TREE, MIN_FREE, SWAPPINESS, THP_DEFRAG, THP_ENABLED, VFS, ZONE
 
 from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.host.live import (
@@ -25,21 +26,6 @@ from kloros_orchestrator.spica.domains.memory import SpicaMemory
 from kloros_orchestrator.spica.knobs import KnobJournal
 from kloros_orchestrator.testing import write_tree
 
-THP_ENABLED = "sys/kernel/mm/transparent_hugepage/enabled"
-THP_DEFRAG = "sys/kernel/mm/transparent_hugepage/defrag"
-SWAPPINESS = "proc/sys/vm/swappiness"
-VFS = "proc/sys/vm/vfs_cache_pressure"
-MIN_FREE = "proc/sys/vm/min_free_kbytes"
-ZONE = "proc/sys/vm/zone_reclaim_mode"
-MEMORY_TREE = {
-    THP_ENABLED: "always [madvise] never\n",
-    THP_DEFRAG: "always defer defer+madvise [madvise] never\n",
-    SWAPPINESS: "60\n",
-    VFS: "100\n",
-    MIN_FREE: "67584\n",
-    ZONE: "0\n",
-    "proc/meminfo": "MemTotal:       16384000 kB\nMemFree:        1000 kB\n",
-}
 CPU = "sys/devices/system/cpu"
 AT = "2026-01-01T00:00:00+00:00"
 
