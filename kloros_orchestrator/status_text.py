@@ -44,6 +44,8 @@ def format_status(s: dict[str, Any]) -> str:
 def _tournament(s: dict[str, Any], t: dict[str, Any]) -> str:
     """``cpu gen 0 round 2/3: 40/64 trials (24 left, about 1m20s), now g0c3 in stress; leader ...``."""
     done, total = t.get("done", 0), t.get("total", 0)
+    if s.get("state") in ("phase", "collapsing"):
+        return f"paused while PHASE runs (the last: {s.get('domain') or '-'} gen {s.get('generation')})"
     text = f"{done}/{total} trials"
     if t.get("round"):
         text = f"{s.get('domain')} gen {s.get('generation')} round {t['round']}/{t.get('rounds')}: " + text

@@ -80,3 +80,9 @@ def test_status_text_shows_the_round_the_trial_in_hand_the_verdict_and_phase_pro
     )
     assert "verdict     cpu gen 0: g0c3 beat the current configuration: +4.1%" in text
     assert "epoch 1/2, normal, replica 2/3, stock on cpu: 10/48 trials, about 3m10s left" in text
+
+
+def test_status_text_in_phase_says_the_tournament_is_paused() -> None:
+    status = {"state": "phase", "domain": "cpu", "generation": 3, "tournament": {"done": 9, "total": 9}}
+    text = format_status(status)
+    assert "tournament  paused while PHASE runs (the last: cpu gen 3)" in text and "9/9" not in text
