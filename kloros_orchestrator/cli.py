@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from loguru import logger
 
-from kloros_orchestrator import __version__, cli_host, status_text
+from kloros_orchestrator import __version__, cli_host, cli_report, status_text
 from kloros_orchestrator.cli_help import add_epilogs
 from kloros_orchestrator.errors import ConfigError, KlorosError, StateDirError, ToolMissing, state_dir_error
 from kloros_orchestrator.stop_signals import EARLY
@@ -62,6 +62,7 @@ def _parser() -> argparse.ArgumentParser:
     v = sub.add_parser("validate", help="check dream.yaml, regimes and caps; print every problem")
     v.add_argument("--config", type=Path, help="dream.yaml (default: the embedded default)")
     cli_host.add_parsers(sub)
+    cli_report.add_parsers(sub)
     add_epilogs(sub)
     return p
 
@@ -212,7 +213,8 @@ def _phase_now(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-_COMMANDS.update(validate=_validate, run=_run, status=_status, **{"phase-now": _phase_now})
+_COMMANDS.update(validate=_validate, run=_run, status=_status, report=cli_report.run)
+_COMMANDS["phase-now"] = _phase_now
 
 
 def _when(iso: str | None) -> str:
