@@ -241,10 +241,21 @@ class DreamLoop:
         return Evolution(space, population=self.cfg.population, seed=seed, elite=self.cfg.elite)
 
     def set_current(self, name: str, genome: Genome) -> None:
-        """The domain's configuration changed (adopted, rolled back): the stock arm from now on."""
+        """The domain's configuration changed (adopted, rolled back): the stock arm from now on.
+
+        Hall-of-fame scores were measured against the old configuration and do not compare with
+        new ones: they are cleared (the entries stay, ranked after every entry scored against the
+        new configuration, for PHASE to re-measure); the entry that is now the configuration leaves."""
         s = self.searches.get(name)
-        if s is not None:
-            s.stock = dict(genome)
+        if s is None or dict(genome) == s.stock:
+            return
+        s.stock = dict(genome)
+        kept = [h for h in s.hall_of_fame if h.genome != s.stock]
+        for h in kept:
+            h.score, h.score_ci95, h.phase_run_id = None, None, None
+        s.hall_of_fame = kept
+        if kept:
+            logger.info("domain {}: {} hall-of-fame score(s) cleared (old configuration)", name, len(kept))
 
     def snapshot(self) -> dict[str, DomainProgress]:
         """Every domain's search as it stands after its last finished tournament."""

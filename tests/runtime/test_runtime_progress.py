@@ -129,3 +129,18 @@ async def test_a_candidate_equal_to_the_current_configuration_is_told_zero_not_r
         await rig.loop.tournament(TUNE)
     assert twin.cand_id not in {c.cand_id for c in rig.runner.calls}
     assert (twin, 0.0) in told and len(told) == len(asked)
+
+
+def test_a_configuration_change_clears_hall_of_fame_scores_and_drops_the_new_current(tmp_path: Path) -> None:
+    from fakes import hof_entry
+
+    rig = rig_with(tmp_path)
+    s = rig.loop.searches[TUNE]
+    a = hof_entry("g1c0", {**s.stock, "swappiness": 10}, 0.3)
+    b = hof_entry("g1c1", {**s.stock, "swappiness": 30}, 0.1)
+    s.hall_of_fame = [a, b]
+    rig.loop.set_current(TUNE, dict(a.genome))  # a is adopted: it is the stock arm from now on
+    assert s.stock == a.genome
+    assert [(h.cand_id, h.score, h.score_ci95) for h in s.hall_of_fame] == [("g1c1", None, None)]
+    rig.loop.set_current(TUNE, dict(a.genome))  # the same configuration again changes nothing
+    assert len(s.hall_of_fame) == 1
