@@ -15,13 +15,14 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 from kloros_orchestrator import __version__
 from kloros_orchestrator.errors import DaemonNotRunning, KlorosError
 
 if TYPE_CHECKING:
     from kloros_orchestrator.config import LoadedConfig
+    from kloros_orchestrator.spica.journal import KnobJournal
 
 EXIT_OK, EXIT_FAILURE, EXIT_DRIFT = 0, 1, 1
 COMMANDS = frozenset({"apply", "rollback", "verify", "export", "explain"})
@@ -57,10 +58,16 @@ def add_parsers(sub: Any) -> None:
         p.add_argument("--socket", help="the daemon's socket (default: from --config)")
 
 
+SYSTEM_CONFIG: Final = Path("/etc/kloros-orchestrator/dream.yaml")  # what `make install` puts there
+
+
 def run(args: argparse.Namespace, argv: list[str] | None) -> int:
     from kloros_orchestrator.config import load_config
 
-    loaded = load_config(args.config)
+    config = args.config
+    if config is None and not load_config(None).state_dir.exists() and SYSTEM_CONFIG.is_file():
+        config = SYSTEM_CONFIG  # no local state: the installed daemon's, as status finds its socket
+    loaded = load_config(config)
     if args.command in ("apply", "rollback"):
         return _change(args, loaded)
     if args.command == "verify":
@@ -123,6 +130,7 @@ def _offline_rollback(domain: str | None, loaded: LoadedConfig) -> dict[str, Any
     names = [n for n in known if n == domain or not domain]
     if not names:
         return {"ok": True, "message": adoption.nothing_to_roll_back(domain)}
+    _restore_crashed(loaded)  # else the next start would put a crashed trial's originals back on top
     written = [f for name in names for f in adoption.rollback(store, name, loaded.sysfs_root)]
     for name in names:
         EventLog(paths.events, time.time).record("rolled_back", domain=name, offline=True)
@@ -138,7 +146,6 @@ def _offline_apply(req: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
     from kloros_orchestrator.runtime.host_keeper import HostKeeper
     from kloros_orchestrator.runtime.ports import EventLog
     from kloros_orchestrator.runtime.startup import open_domains
-    from kloros_orchestrator.spica.registry import open_journal
     from kloros_orchestrator.store import StatePaths
 
     paths, root, name = StatePaths(loaded.state_dir), loaded.sysfs_root, req["domain"]
@@ -147,10 +154,7 @@ def _offline_apply(req: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
         choice = adoption.choose(paths, name, variant=req["variant"], force=req["force"])
     except adoption.AdoptionRefused as e:
         return {"ok": False, "error": str(e)}
-    journal = open_journal(paths.journal, sysfs_root=root, scratch_root=paths.scratch,
-                           domain_options=loaded.config.domain_options)  # fmt: skip
-    for problem in journal.restore_all():  # a crashed daemon's trial values first
-        print(f"warning: knob restore: {problem}", file=sys.stderr)
+    journal = _restore_crashed(loaded)
     store = HostStore(paths)
     keeper = HostKeeper(store=store, sysfs_root=root, mode=loaded.config.promotion.mode,
                         events=EventLog(paths.events, time.time), lock=anyio.Lock(),
@@ -160,10 +164,27 @@ def _offline_apply(req: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
         config = keeper.adopt(choice)
     except adoption.AdoptionRefused as e:
         return {"ok": False, "error": str(e)}
-    written = adoption.enforce(store, name, root)
+    try:
+        written = adoption.enforce(store, name, root)
+    except (KlorosError, OSError) as e:
+        return {"ok": False, "error": f"{name}: adopted {config.provenance.cand_id}, but writing the host "
+                f"failed: {e}; the daemon's next start applies it again, `rollback` undoes it"}  # fmt: skip
     p = config.provenance
     return {"ok": True, "message": f"{name}: adopted {p.cand_id} ({p.evidence}); "
             f"{len(written)} file(s) written (no daemon was running)"}  # fmt: skip
+
+
+def _restore_crashed(loaded: LoadedConfig) -> KnobJournal:
+    """The journal a crashed daemon left, restored (its trial's knobs back) before any change here."""
+    from kloros_orchestrator.spica.registry import open_journal
+    from kloros_orchestrator.store import StatePaths
+
+    paths = StatePaths(loaded.state_dir)
+    journal = open_journal(paths.journal, sysfs_root=loaded.sysfs_root, scratch_root=paths.scratch,
+                           domain_options=loaded.config.domain_options)  # fmt: skip
+    for problem in journal.restore_all():
+        print(f"warning: knob restore: {problem}", file=sys.stderr)
+    return journal
 
 
 def _only_domain(loaded: LoadedConfig, domain: str) -> Any:
@@ -188,6 +209,13 @@ def _verify(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from kloros_orchestrator.store import StatePaths
 
     store = HostStore(StatePaths(loaded.state_dir))
+    recorded = set(store.adopted().domains) | set(store.factory().domains)
+    if args.domain and args.domain not in recorded:
+        enabled = loaded.config.dream.domains
+        if args.domain not in enabled:
+            raise KlorosError(f"no domain {args.domain} here (enabled: {', '.join(enabled)})")
+        print(f"{args.domain}: nothing adopted; the host runs its own configuration (nothing to verify)")
+        return EXIT_OK
     checks = adoption.verify(store, loaded.sysfs_root, [args.domain] if args.domain else None)
     drifted = any(c.drift for c in checks)
     if args.json:

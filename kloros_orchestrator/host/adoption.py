@@ -15,6 +15,8 @@ thread, at a tournament boundary.
 
 from __future__ import annotations
 
+import fcntl
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -229,6 +231,21 @@ class DomainCheck:
     in_trial: list[Drift] = field(default_factory=list)
 
 
+def daemon_holds_lock(lock: Path) -> bool:
+    """Whether a daemon (or another command) holds the state_dir's lock right now."""
+    try:
+        fd = os.open(lock, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing drops the shared lock taken just now, if it was
+    return False
+
+
 def journaled_paths(journal_dir: Path) -> set[str]:
     """The files a trial has changed and the journal will restore (unreadable entries skipped)."""
     out: set[str] = set()
@@ -252,7 +269,9 @@ def verify(store: HostStore, sysfs_root: Path, domains: Iterable[str] | None = N
         if domains is not None
         else sorted(set(store.adopted().domains) | set(store.factory().domains))
     )
-    in_trial = journaled_paths(store.paths.journal)
+    # Journaled files hold a trial's values while a daemon runs; without one they are what a
+    # crashed run left (its next start restores them): drift until then.
+    in_trial = journaled_paths(store.paths.journal) if daemon_holds_lock(store.paths.lock) else set()
     out: list[DomainCheck] = []
     for name in names:
         label, settings = expected_settings(store, name)
@@ -272,6 +291,7 @@ __all__ = [
     "best_promoted",
     "capture_factory",
     "choose",
+    "daemon_holds_lock",
     "enforce",
     "expected_settings",
     "from_promoted",

@@ -8,6 +8,7 @@ before the daemon changed it.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Final, TypeVar
 
@@ -50,6 +51,9 @@ class HostStore:
 
     def __init__(self, paths: StatePaths) -> None:
         self.paths = paths
+        # Every change is read-modify-write of one file, from worker threads (socket requests, the
+        # boundary's enforce): serialised, or two adoptions at once would lose one.
+        self._lock = threading.Lock()
 
     def factory(self) -> FactoryFile:
         return _read(self.paths.factory, FactoryFile)
@@ -63,6 +67,10 @@ class HostStore:
     def add_factory(self, domain: str, knobs: list[FactoryKnob]) -> list[str]:
         """Record the knobs that have no factory entry yet (existing entries never change); returns
         the names added. Durable before it returns: call it before the first write of an adopted value."""
+        with self._lock:
+            return self._add_factory(domain, knobs)
+
+    def _add_factory(self, domain: str, knobs: list[FactoryKnob]) -> list[str]:
         current = self.factory()
         have = current.domains.setdefault(domain, {})
         added = [k.knob for k in knobs if k.knob not in have]
@@ -76,6 +84,10 @@ class HostStore:
     def set_adopted(self, domain: str, config: AdoptedConfig | None) -> None:
         """Adopt ``config`` for ``domain``, or (None) go back to factory: the domain is then listed
         as ``factory_pending`` until :meth:`factory_done`. Atomic."""
+        with self._lock:
+            self._set_adopted(domain, config)
+
+    def _set_adopted(self, domain: str, config: AdoptedConfig | None) -> None:
         current = self.adopted()
         pending = [d for d in current.factory_pending if d != domain]
         if config is None:
@@ -88,10 +100,11 @@ class HostStore:
 
     def factory_done(self, domain: str) -> None:
         """The domain's files hold their factory values again."""
-        current = self.adopted()
-        if domain in current.factory_pending:
-            current.factory_pending = [d for d in current.factory_pending if d != domain]
-            self._write_adopted(current)
+        with self._lock:
+            current = self.adopted()
+            if domain in current.factory_pending:
+                current.factory_pending = [d for d in current.factory_pending if d != domain]
+                self._write_adopted(current)
 
     def _write_adopted(self, current: AdoptedFile) -> None:
         atomic_write_bytes(self.paths.adopted, _encoder.encode(current) + b"\n", mode=0o600)

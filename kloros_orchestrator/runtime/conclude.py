@@ -62,6 +62,7 @@ def verdict_of(best: CandidatePack | None, current: Genome) -> dict[str, Any]:
     numbers = f"{agg.score_v2:+.1%}" + (
         f" (95% CI {ci[0]:+.1%} to {ci[1]:+.1%})" if ci else f" ({agg.score_ci_note or 'no interval yet'})"
     )
+    out["comparable"] = best.safe and dict(best.genome) != dict(current)  # a score worth exporting
     if dict(best.genome) == dict(current):
         text = f"the best candidate, {cid}, is the current configuration itself"
     elif not best.safe:

@@ -462,6 +462,8 @@ class DreamLoop:
         self.progress.tournaments += 1
         self.checkpoint()
         said = verdict_of(best, s.stock)
+        if gen == 0 and look is not None:  # few, short trials: say so in the same breath
+            said["text"] = f"first look ({trials} trials of {seconds:g} s per regime): {said['text']}"
         self.progress.best[name] = {"generation": gen, **said}
         took = format_duration(out.duration_s)
         logger.info("tournament {} gen {} done in {}: {}", name, gen, took, said["text"])

@@ -78,13 +78,13 @@ class HostKeeper:
                 logger.error("domain {}: unfinished rollback could not be completed: {}", name, e)
         for name, dom in self.domains.items():
             config = adopted.domains.get(name)
-            if config is None:
-                adoption.capture_factory(
-                    self.store, name, settings_of(dom, dom.stock_genome()), self.sysfs_root
-                )
+            if config is not None:
+                config = self._refresh(dom, config)
             try:
                 written = adoption.enforce(self.store, name, self.sysfs_root)
-                self.current[name] = self._genome_of(name)
+                # Nothing adopted: the host's own values as discovery read them (an operator's
+                # sysctl.d included), or the factory ones a rollback finished just now.
+                self.current[name] = self._genome_of(name, rolled_back=name in adopted.factory_pending)
             except (DomainError, OSError) as e:
                 self.notes[name] = f"current configuration cannot be restored: {e}"
                 logger.error("domain {}: {}", name, self.notes[name])
@@ -95,13 +95,30 @@ class HostKeeper:
                             len(written), "adopted" if config else "factory")  # fmt: skip
         return dict(self.current)
 
-    def _genome_of(self, name: str) -> Genome:
-        """The current genome of a domain: adopted (checked against this host), else factory."""
+    def _genome_of(self, name: str, *, rolled_back: bool) -> Genome:
+        """The current genome of a domain: adopted (checked against this host); just rolled back:
+        the factory values; else what discovery found on the host."""
         dom = self.domains[name]
         config = self.store.adopted_config(name)
         if config is not None:
             return dom.validate_genome(config.genome)
-        return factory_genome(dom, self.store.factory().domains.get(name, {}))
+        if rolled_back:
+            return factory_genome(dom, self.store.factory().domains.get(name, {}))
+        return dom.stock_genome()
+
+    def _refresh(self, dom: SpicaDomain, config: AdoptedConfig) -> AdoptedConfig:
+        """The adoption's files as this host has them now (a disk renamed, CPUs added): the genome is
+        what was adopted; where its values live comes from the domain's declared knobs."""
+        try:
+            settings = settings_of(dom, config.genome)
+        except DomainError:
+            return config  # does not fit any more: _genome_of reports it
+        if settings == list(config.settings):
+            return config
+        fresh = AdoptedConfig(config.domain, dom.validate_genome(config.genome), settings, config.provenance)
+        self.store.set_adopted(dom.name, fresh)
+        logger.warning("domain {}: the adopted configuration's files changed on this host; updated", dom.name)
+        return fresh
 
     # --- changes ---------------------------------------------------------------------------------
 
@@ -119,7 +136,7 @@ class HostKeeper:
             name = self.pending.pop()
             try:
                 written = await anyio.to_thread.run_sync(adoption.enforce, self.store, name, self.sysfs_root)
-                genome = self._genome_of(name) if name in self.domains else None
+                genome = self._genome_of(name, rolled_back=True) if name in self.domains else None
             except (KlorosError, OSError) as e:
                 self.notes[name] = f"host configuration change failed: {e}"
                 logger.error("domain {}: {}", name, self.notes[name])
@@ -207,7 +224,7 @@ class HostKeeper:
         if domain is not None and not isinstance(domain, str):
             return {"ok": False, "error": "domain must be a string"}
         uid = req.get(PEER_UID)
-        if cmd in ("apply", "rollback") and uid is not None and uid not in (0, os.geteuid()):
+        if cmd in ("apply", "rollback") and PEER_UID in req and (uid is None or uid not in (0, os.geteuid())):
             # The socket is open to its group (status); changing the host is for root alone.
             return {"ok": False, "error": f"{cmd} changes the host's configuration: run it as root"}
         try:

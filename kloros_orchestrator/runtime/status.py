@@ -64,9 +64,10 @@ def window_status(saved: SavedState, schedule: Schedule, now: float) -> dict[str
 def metrics_status(status: dict[str, Any], results: PhaseResults | None, busy_s: float) -> dict[str, Any]:
     """``status`` plus what the metrics file needs beyond it: each domain's best score with its
     interval, the last PHASE's verdict counts, and the share of the uptime spent in trials."""
-    best = {
+    best = {  # an unsafe best, or the current configuration itself, has no score worth a dashboard
         name: {"cand_id": b.get("cand_id"), "score": b.get("score"), "ci95": b.get("ci95")}
         for name, b in (status.get("best") or {}).items()
+        if b.get("comparable")
     }
     out = {**status, "best": best}
     if results is not None:

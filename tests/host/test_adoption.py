@@ -606,3 +606,22 @@ def test_cli_verify_with_nothing_recorded_exits_0(
     assert main(["verify", "--config", str(_config(tmp_path, root, paths))]) == 0
     assert "nothing to verify" in capsys.readouterr().out
     assert not os.path.exists(paths.host)
+
+
+def test_concurrent_adoptions_are_all_kept(tmp_path: Path) -> None:
+    import threading
+
+    store = HostStore(StatePaths(tmp_path / "state"))
+    names = [f"d{i}" for i in range(8)]
+    barrier = threading.Barrier(len(names))
+
+    def adopt(name: str) -> None:
+        barrier.wait()
+        store.set_adopted(name, AdoptedConfig(name, {"x": 1}, [], Provenance(by="operator", at="now")))
+
+    threads = [threading.Thread(target=adopt, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(store.adopted().domains) == names

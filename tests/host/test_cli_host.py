@@ -391,3 +391,52 @@ def test_export_systemd_of_memory_is_refused_in_one_line(
         "use --format tuned or --format sysctl"
     )
     assert not out_dir.exists()
+
+
+# --- after a crash (kill -9 mid-trial: the journal holds the adopted values) ------------------------
+def _crash_mid_trial(host: Host) -> None:
+    """What a kill -9 during a trial leaves: the journal (originals = adopted values), a candidate live."""
+    from kloros_orchestrator.config import load_config
+    from kloros_orchestrator.runtime.startup import open_domains
+    from kloros_orchestrator.spica.registry import open_journal
+
+    loaded = load_config(host.config)
+    journal = open_journal(host.paths.journal, sysfs_root=loaded.sysfs_root, scratch_root=host.paths.scratch,
+                           domain_options=loaded.config.domain_options)  # fmt: skip
+    dom = open_domains(loaded, journal, host.paths)["memory"]
+    dom.apply({**dom.stock_genome(), "swappiness": 77})
+    journal.close()
+
+
+def test_an_offline_rollback_after_a_crash_is_not_undone_by_the_next_start(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kloros_orchestrator.config import load_config
+    from kloros_orchestrator.spica.registry import open_journal
+
+    applied(host, capsys)
+    _crash_mid_trial(host)
+    assert host.knobs()[SWAPPINESS] == "77"
+    assert host.cli("rollback", "--domain", "memory") == 0
+    loaded = load_config(host.config)
+    journal = open_journal(host.paths.journal, sysfs_root=loaded.sysfs_root, scratch_root=host.paths.scratch,
+                           domain_options=loaded.config.domain_options)  # fmt: skip
+    assert journal.restore_all() == []  # what the next start does first: nothing left to put back
+    assert host.knobs()[SWAPPINESS] == FACTORY[SWAPPINESS]
+
+
+def test_verify_without_a_daemon_reports_a_crashed_trials_values_as_drift(
+    host: Host, capsys: pytest.CaptureFixture[str]
+) -> None:
+    applied(host, capsys)
+    _crash_mid_trial(host)
+    assert host.cli("verify") == 1
+    out = capsys.readouterr().out
+    assert "expected 10, found 77" in out and "in trial" not in out
+
+
+def test_verify_of_a_domain_with_nothing_recorded(host: Host, capsys: pytest.CaptureFixture[str]) -> None:
+    assert host.cli("verify", "--domain", "memory") == 0
+    assert "memory: nothing adopted" in capsys.readouterr().out
+    assert host.cli("verify", "--domain", "memroy") == 1
+    assert "no domain memroy here" in capsys.readouterr().err

@@ -228,17 +228,22 @@ async def test_requests_with_bad_fields_are_refused(rig: Rig) -> None:
         await d.shutdown()
 
 
-def test_factory_values_are_recorded_at_first_start(rig: Rig, tmp_path: Path) -> None:
-    async def start_stop() -> None:
-        d = rig.daemon()
-        await d.startup()
-        with anyio.fail_after(WAIT_S):
-            await d.shutdown()
-        rig.release(d)
-
-    anyio.run(start_stop)
+async def test_without_an_adoption_the_stock_arm_is_the_live_value_and_no_factory_is_recorded(
+    rig: Rig,
+) -> None:
+    rig.knob_file.write_text("7\n")  # the operator's own setting (a sysctl.d file, say)
+    d = rig.daemon()
+    await d.startup()
+    assert d.dream.searches[DOMAIN].stock == {"level": 7}
+    assert not (rig.state_dir / "host" / "factory.json").exists()
+    with anyio.fail_after(WAIT_S):
+        await d.shutdown()
+    rig.release(d)
+    promote(rig)
+    again = rig.daemon()
+    async with running(again) as log:
+        await log.wait_for("pacing")
+        assert (await request(again, cmd="apply", domain=DOMAIN, variant="g0c1"))["ok"]
+        await log.wait_for("host_config_applied")
     factory = (rig.state_dir / "host" / "factory.json").read_text()
-    assert f'"{STOCK_LEVEL}\\n"' in factory
-    rig.knob_file.write_text("7\n")  # the operator changes it between runs: factory stays
-    anyio.run(start_stop)
-    assert (rig.state_dir / "host" / "factory.json").read_text() == factory
+    assert '"7\\n"' in factory  # the value before the first adopted write, as it was
