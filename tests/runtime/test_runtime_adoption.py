@@ -5,7 +5,6 @@ following the current configuration, a crash mid-tournament after an adoption, `
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import anyio
