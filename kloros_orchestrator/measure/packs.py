@@ -97,6 +97,10 @@ class CandidatePack(msgspec.Struct, frozen=True, kw_only=True):
     lineage: dict[str, Any] = {}  # parent, generation, mutations
     eliminated: str | None = None  # why racing eliminated it, None when it ran every trial
     stress_ng_version: str | None = None  # bogo-ops compare only within one stress-ng version
+    # The configuration the stock arm measured (the host's current one), and whether this candidate's
+    # effective knobs are that configuration: such a pack is never an improvement (additive fields).
+    current_genome: dict[str, Scalar] | None = None
+    same_as_current: bool = False
 
 
 class PackContext(msgspec.Struct, frozen=True):
@@ -112,6 +116,7 @@ class PackContext(msgspec.Struct, frozen=True):
     code_hash: str
     n_boot: int
     stress_ng_version: str | None
+    current_genome: dict[str, Scalar] | None = None  # the stock arm's configuration
 
 
 class BaselineEntry(msgspec.Struct, frozen=True, kw_only=True):
@@ -284,6 +289,9 @@ def build_pack(
         if r in arm
     ]
     aggregate = _aggregate(arm, stock, regimes, ctx, rng)
+    same = ctx.current_genome is not None and dict(genome) == dict(ctx.current_genome)
+    if same and aggregate.improves_over_baseline:  # the current configuration cannot beat itself
+        aggregate = msgspec.structs.replace(aggregate, improves_over_baseline=False)
     missing = sorted(set(ctx.expected_kpis) - {k for reg in regimes for k in reg.kpis})
     return CandidatePack(
         run_id=ctx.run_id,
@@ -303,6 +311,8 @@ def build_pack(
         lineage=msgspec.json.decode(msgspec.json.encode(dict(lineage or {}))),
         eliminated=eliminated,
         stress_ng_version=ctx.stress_ng_version,
+        current_genome=None if ctx.current_genome is None else dict(ctx.current_genome),
+        same_as_current=same,
     )
 
 
@@ -382,6 +392,12 @@ def _pack_problems(pack: CandidatePack) -> Problems:
         yield "aggregate.improves_over_baseline", "true without a score_ci95 whose lower bound is above 0"
     if agg.scored != (agg.score_v2 is not None):
         yield "aggregate.scored", f"{agg.scored} but score_v2 is {agg.score_v2}"
+    if pack.same_as_current and agg.improves_over_baseline:
+        yield "aggregate.improves_over_baseline", "true for the current configuration itself"
+    if pack.current_genome is not None:
+        yield from _numbers(pack.current_genome, "current_genome")
+        if pack.same_as_current != (pack.genome == pack.current_genome):
+            yield "same_as_current", f"{pack.same_as_current} but the genomes say otherwise"
 
 
 def _baseline_problems(entry: BaselineEntry, field: str) -> Problems:

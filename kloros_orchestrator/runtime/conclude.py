@@ -154,6 +154,7 @@ class Concluder:
             code_hash=code_hash(),
             n_boot=self.n_boot,
             stress_ng_version=self.stress_ng_version,
+            current_genome=dict(stock),
         )
         packs: dict[str, CandidatePack] = {}
         told: list[tuple[Candidate, float | None]] = []

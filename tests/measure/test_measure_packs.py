@@ -48,6 +48,8 @@ PACK_KEYS = [
     "lineage",
     "eliminated",
     "stress_ng_version",
+    "current_genome",
+    "same_as_current",
 ]
 REGIME_KEYS = ["regime", "trials", "attempted", "failures", "kpis", "baseline", "delta", "ci95"]
 AGGREGATE_KEYS = [
@@ -429,3 +431,23 @@ def test_baselines_that_are_not_json_or_not_v2_are_moved_aside(tmp_path: Path) -
         assert got == {} and problem is not None and "moved aside" in problem and not path.exists()
     path.write_bytes(b"[]")
     assert "moved aside" not in str(read_baselines(path, move_aside=False)[1]) and path.exists()
+
+
+def test_a_pack_says_which_configuration_it_was_measured_against_and_if_it_is_that_one() -> None:
+    import msgspec
+
+    from kloros_orchestrator.errors import SchemaError
+    from kloros_orchestrator.measure.packs import CandidatePack, PackAggregate, validate_pack
+
+    agg = PackAggregate(means={}, score_v2=0.1, score_ci95=(0.05, 0.15), improves_over_baseline=True,
+                        scored=True, not_scored_reason=None)  # fmt: skip
+    pack = CandidatePack(run_id="r", domain="d", cand_id="g0c0", generation=0, spica_id="s", genome={"x": 1},
+                         regimes=[], aggregate=agg, safe=True, unsafe_reasons=[], missing_kpis=[],
+                         missing_reasons={}, code_hash="c", current_genome={"x": 2})  # fmt: skip
+    validate_pack(pack, "p")
+    twin = msgspec.structs.replace(pack, current_genome={"x": 1}, same_as_current=True)
+    with pytest.raises(SchemaError, match="current configuration itself"):
+        validate_pack(twin, "p")
+    plain = msgspec.structs.replace(agg, improves_over_baseline=False)
+    with pytest.raises(SchemaError, match="same_as_current"):
+        validate_pack(msgspec.structs.replace(pack, aggregate=plain, same_as_current=True), "p")

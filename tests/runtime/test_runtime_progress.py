@@ -144,3 +144,13 @@ def test_a_configuration_change_clears_hall_of_fame_scores_and_drops_the_new_cur
     assert [(h.cand_id, h.score, h.score_ci95) for h in s.hall_of_fame] == [("g1c1", None, None)]
     rig.loop.set_current(TUNE, dict(a.genome))  # the same configuration again changes nothing
     assert len(s.hall_of_fame) == 1
+
+
+async def test_packs_carry_the_configuration_they_were_measured_against(tmp_path: Path) -> None:
+    from kloros_orchestrator.measure.packs import load_pack
+
+    rig = rig_with(tmp_path, trials=2)
+    with anyio.fail_after(10):
+        await rig.loop.tournament(TUNE)
+    pack = load_pack(rig.paths.candidates(TUNE) / "gen0_best.json")
+    assert pack.current_genome == rig.loop.searches[TUNE].stock and pack.same_as_current is False
