@@ -79,7 +79,8 @@ def build_plan(domains: Mapping[str, Sequence[str]], spec: QtimeSpec, *, seed: i
 
     ``domains``: domain → variant ids, the stock arm (``"stock"``) first. Per epoch the domain
     and regime orders are drawn from a Generator seeded with ``(seed, epoch)``; inside a slice the
-    variants alternate ``replicas`` times. Length: ``epochs·slices·replicas·Σ len(variants)``.
+    variants alternate ``replicas`` times, each replica in an order drawn from the same Generator (no
+    arm always first). Length: ``epochs·slices·replicas·Σ len(variants)``.
     """
     _check_domains(domains)
     names = list(domains)
@@ -96,9 +97,12 @@ def build_plan(domains: Mapping[str, Sequence[str]], spec: QtimeSpec, *, seed: i
             variants = domains[domain]
             for regime in regime_order:
                 for replica in range(spec.replicas):
+                    # Which arm runs first in a replica is drawn too: the stock arm always first
+                    # would give every variant the same position (a bias by construction).
+                    order = [variants[int(i)] for i in rng.permutation(len(variants))]
                     plan.extend(
                         Slot(epoch=epoch, domain=domain, regime=regime, replica=replica, variant_id=v)
-                        for v in variants
+                        for v in order
                     )
     return plan
 

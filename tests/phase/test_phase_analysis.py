@@ -190,7 +190,9 @@ def test_no_effect_knob_is_dropped_with_enough_evidence() -> None:
 
 
 def test_no_effect_knob_is_kept_when_evidence_is_thin() -> None:
-    data = _domain({"noop": ({"swappiness": 10}, {})}, epochs=1, replicas=3, noise=0.02)
+    # A seed whose noise moves no KPI measurably (by chance a few seeds do: the false-positive rate
+    # of PHASE is issue 13's subject, not this rule's).
+    data = _domain({"noop": ({"swappiness": 10}, {})}, epochs=1, replicas=3, noise=0.02, seed=1)
     result = analyze_domain("cpu", data, seed=1)
     rec = result.search_space_recommendations["cpu"]["swappiness"]
     assert rec.action == "keep"
