@@ -101,6 +101,10 @@ class CandidatePack(msgspec.Struct, frozen=True, kw_only=True):
     # effective knobs are that configuration: such a pack is never an improvement (additive fields).
     current_genome: dict[str, Scalar] | None = None
     same_as_current: bool = False
+    # A generation's best was chosen from ``selected_from`` scored candidates; ``selection_ci`` is its
+    # score interval at level 1 - 0.05/selected_from (the claim an improvement needs, when k > 1).
+    selected_from: int | None = None
+    selection_ci: Interval | None = None
 
 
 class PackContext(msgspec.Struct, frozen=True):
@@ -177,11 +181,31 @@ def arm_score(arm: Trials, stock: Trials) -> float | None:
     return score_v2(per_regime)
 
 
-def arm_score_ci(arm: Trials, stock: Trials, *, rng: np.random.Generator, n_boot: int) -> tuple[float, float]:
+def arm_score_ci(
+    arm: Trials, stock: Trials, *, rng: np.random.Generator, n_boot: int, level: float = 0.95
+) -> tuple[float, float]:
     cand = {r: {k: np.asarray(v) for k, v in kpi_values(t).items()} for r, t in arm.items()}
     base = {r: {k: np.asarray(v) for k, v in kpi_values(stock.get(r, ())).items()} for r in arm}
-    lo, hi = score_ci(cand, base, rng=rng, n_boot=n_boot)
+    lo, hi = score_ci(cand, base, rng=rng, n_boot=n_boot, level=level)
     return float(lo), float(hi)
+
+
+def corrected_for_selection(
+    pack: CandidatePack, arm: Trials, stock: Trials, k: int, *, rng: np.random.Generator, n_boot: int
+) -> CandidatePack:
+    """The best of ``k`` scored candidates claims an improvement only when its score interval at the
+    Bonferroni level ``1 - 0.05/k`` stays above 0: the maximum of several noisy scores is biased
+    upwards, and a plain 95 % interval of it is too often above 0 under no effect at all."""
+    agg = pack.aggregate
+    if k < 2 or not agg.improves_over_baseline or agg.score_v2 is None:
+        return msgspec.structs.replace(pack, selected_from=k)
+    lo, hi = arm_score_ci(arm, stock, rng=rng, n_boot=n_boot, level=1.0 - 0.05 / k)
+    wide = (min(lo, agg.score_v2), max(hi, agg.score_v2))
+    if wide[0] > 0.0:
+        return msgspec.structs.replace(pack, selected_from=k, selection_ci=wide)
+    note = f"the best of {k}: its interval corrected for that selection reaches 0"
+    aggregate = msgspec.structs.replace(agg, improves_over_baseline=False, score_ci_note=note)
+    return msgspec.structs.replace(pack, aggregate=aggregate, selected_from=k, selection_ci=wide)
 
 
 def round_score(arm_round: Mapping[str, TrialResult], stock_round: Mapping[str, TrialResult]) -> float | None:
@@ -392,6 +416,10 @@ def _pack_problems(pack: CandidatePack) -> Problems:
         yield "aggregate.improves_over_baseline", "true without a score_ci95 whose lower bound is above 0"
     if agg.scored != (agg.score_v2 is not None):
         yield "aggregate.scored", f"{agg.scored} but score_v2 is {agg.score_v2}"
+    if pack.selection_ci is not None:
+        yield from _intervals({"selection_ci": pack.selection_ci}, "pack")
+        if agg.improves_over_baseline and pack.selection_ci[0] <= 0.0:
+            yield "aggregate.improves_over_baseline", "true though the selection-corrected interval reaches 0"
     if pack.same_as_current and agg.improves_over_baseline:
         yield "aggregate.improves_over_baseline", "true for the current configuration itself"
     if pack.current_genome is not None:

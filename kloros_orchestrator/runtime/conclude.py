@@ -25,6 +25,7 @@ from kloros_orchestrator.measure.packs import (
     PackContext,
     baseline_entry,
     build_pack,
+    corrected_for_selection,
     load_pack,
     read_baselines,
     write_baselines,
@@ -169,6 +170,8 @@ class Concluder:
         best_id = max(scored, key=lambda x: x[0])[1].cand_id if scored else next(iter(packs), None)
         best = packs.get(best_id) if best_id is not None else None
         if best is not None:
+            arm = out.results[best.cand_id]
+            best = corrected_for_selection(best, arm, out.stock, len(scored), rng=rng, n_boot=self.n_boot)
             write_pack(self.paths.candidates(dom.name) / f"gen{gen}_best.json", best)
         return Conclusion(told=told, best=best)
 

@@ -50,6 +50,8 @@ PACK_KEYS = [
     "stress_ng_version",
     "current_genome",
     "same_as_current",
+    "selected_from",
+    "selection_ci",
 ]
 REGIME_KEYS = ["regime", "trials", "attempted", "failures", "kpis", "baseline", "delta", "ci95"]
 AGGREGATE_KEYS = [
@@ -451,3 +453,24 @@ def test_a_pack_says_which_configuration_it_was_measured_against_and_if_it_is_th
     plain = msgspec.structs.replace(agg, improves_over_baseline=False)
     with pytest.raises(SchemaError, match="same_as_current"):
         validate_pack(msgspec.structs.replace(pack, aggregate=plain, same_as_current=True), "p")
+
+
+def test_the_best_of_several_claims_an_improvement_only_with_a_selection_corrected_interval() -> None:
+    from kloros_orchestrator.measure.packs import corrected_for_selection
+
+    rng = np.random.default_rng(3)
+    cand, stock = arms(0.05)  # a clear +5 %: survives the correction
+    clear = pack(cand, stock)
+    assert clear.aggregate.improves_over_baseline
+    kept = corrected_for_selection(clear, cand, stock, 6, rng=rng, n_boot=2000)
+    assert kept.aggregate.improves_over_baseline and kept.selected_from == 6
+    assert kept.selection_ci is not None and kept.selection_ci[0] > 0
+    assert kept.selection_ci[0] < clear.aggregate.score_ci95[0]  # type: ignore[index]
+    cand, stock = arms(0.004)  # barely above 0 at 95 %: not once it is the best of six
+    thin = pack(cand, stock)
+    assert thin.aggregate.improves_over_baseline
+    cut = corrected_for_selection(thin, cand, stock, 6, rng=rng, n_boot=2000)
+    assert not cut.aggregate.improves_over_baseline and "best of 6" in (cut.aggregate.score_ci_note or "")
+    assert cut.selection_ci is not None and cut.selection_ci[0] <= 0
+    alone = corrected_for_selection(clear, cand, stock, 1, rng=rng, n_boot=2000)
+    assert alone.selection_ci is None and alone.aggregate == clear.aggregate
