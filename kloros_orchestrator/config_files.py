@@ -71,6 +71,12 @@ def _check_regime(name: str, raw: Any, file: str, problems: list[str]) -> Regime
         problems.append(f"{file}: {name}.duration: must be a finite number > 0, got {spec.duration}")
     elif spec.duration > DAY_S:
         problems.append(f"{file}: {name}.duration: at most {DAY_S:g} s (one day), got {spec.duration:g}")
+    m = spec.min_seconds
+    if m is not None and not (math.isfinite(m) and 0 < m <= spec.duration):
+        problems.append(
+            f"{file}: {name}.min_seconds: must be > 0 and at most the regime's duration "
+            f"({spec.duration:g} s: a shorter regime would measure nothing), got {m:g}"
+        )
     for i, s in enumerate(spec.stressors):
         _check_stressor(s, f"{name}.stressors[{i}]", file, problems)
     return spec if len(problems) == before else None

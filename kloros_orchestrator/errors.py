@@ -160,6 +160,20 @@ class MissingMetrics(WorkloadFailed):
     reason = "missing_metrics"
 
 
+class TooShort(WorkloadFailed):
+    """A workload stressor completed no bogo-op: the trial was too short for it, and a throughput of 0
+    would be no measurement. ``reason`` names the stressor: ``too short for memrate``."""
+
+    reason = "too short"
+
+    def __init__(self, stressor: str, wall_s: float) -> None:
+        super().__init__(
+            f"it completed no bogo-op in {wall_s:.2f} s: give its regime a longer duration or min_seconds"
+        )
+        self.reason = f"too short for {stressor}"
+        self.stressor = stressor
+
+
 class CommandFailed(WorkloadFailed):
     """A command-domain workload could not start or exited non-zero."""
 

@@ -53,6 +53,9 @@ class RegimeSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     duration: float
     stressors: list[StressorSpec]
     probe: bool = True
+    # The shortest trial that gives every stressor a measurement (a rate-limited memrate completes no
+    # bogo-op in 2 s): a shorter override (dream.trial_seconds, the first look) is raised to it.
+    min_seconds: float | None = None
 
 
 class WorkloadSpec(msgspec.Struct, frozen=True):

@@ -16,7 +16,7 @@ from typing import Any, Final
 
 import yaml
 
-from kloros_orchestrator.errors import MissingMetrics
+from kloros_orchestrator.errors import MissingMetrics, TooShort
 from kloros_orchestrator.model import P50, P95, P99, THROUGHPUT, StressorMetric
 
 # The latency probe's stressor name (it runs in a stress-ng process of its own); excluded from throughput.
@@ -174,10 +174,15 @@ def latency_kpis(percentiles: Mapping[float, float]) -> dict[str, float]:
 def throughput(metrics: Iterable[StressorMetric], exclude: Iterable[str] = (PROBE_STRESSOR,)) -> float | None:
     """Sum of bogo-ops per second (real time) over workload stressors; None when there are none.
 
-    Raises ``MissingMetrics`` when a rate is not a finite number >= 0, or when the sum overflows.
+    Raises ``MissingMetrics`` when a rate is not a finite number >= 0, or when the sum overflows, and
+    ``TooShort`` when a workload stressor completed no bogo-op at all.
     """
     excluded = set(exclude)
-    rates = [(m.stressor, m.bogo_ops_per_s_real) for m in metrics if m.stressor not in excluded]
+    workload = [m for m in metrics if m.stressor not in excluded]
+    for m in workload:
+        if m.bogo_ops == 0:  # a zero is no measurement: the trial was too short for this stressor
+            raise TooShort(m.stressor, m.wall_clock_s)
+    rates = [(m.stressor, m.bogo_ops_per_s_real) for m in workload]
     for name, rate in rates:
         if not (math.isfinite(rate) and rate >= 0):
             raise MissingMetrics(f"{name}: bogo-ops/s rate {rate!r} is not a finite number >= 0")

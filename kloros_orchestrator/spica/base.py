@@ -525,8 +525,8 @@ class SpicaDomain(abc.ABC):
         if spec.stressors:
             # stress-ng creates its files under --temp-path; it must exist before the trial starts.
             self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        if duration_s is not None:
-            spec = msgspec.structs.replace(spec, duration_s=float(duration_s))
+        if duration_s is not None:  # never below what the regime's stressors need to measure anything
+            spec = msgspec.structs.replace(spec, duration_s=max(float(duration_s), regime.min_seconds or 0.0))
         return spec
 
     @final

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kloros_orchestrator.errors import MissingMetrics, WorkloadFailed
+from kloros_orchestrator.errors import MissingMetrics, TooShort, WorkloadFailed
 from kloros_orchestrator.measure.stressng_output import (
     MetricsUnavailable,
     latency_kpis,
@@ -151,7 +151,7 @@ def test_negative_or_non_finite_required_metric_is_not_a_measurement(
         parse_yaml_metrics(text)
 
 
-def test_zero_is_a_measurement_and_bad_optional_metrics_are_none() -> None:
+def test_zero_parses_as_zero_and_bad_optional_metrics_are_none() -> None:
     text = (
         "metrics:\n  - stressor: cpu\n    bogo-ops: 0\n    bogo-ops-per-second-real-time: 0.0\n"
         "    wall-clock-time: 1.0\n    user-time: nan\n    max-rss: lots\n"
@@ -222,7 +222,8 @@ def test_throughput_that_overflows_or_adds_no_measurement_is_refused() -> None:
     for rate in (-20000.0, math.inf, math.nan):
         with pytest.raises(MissingMetrics, match=r"vm: bogo-ops/s rate .* is not a finite number >= 0"):
             throughput([_metric("cpu", 1.0), _metric("vm", rate)])
-    assert throughput([_metric("cpu", 0.0)]) == 0.0  # zero is a measurement
+    with pytest.raises(TooShort, match="no bogo-op"):  # zero bogo-ops is no measurement (a too short run)
+        throughput([_metric("cpu", 0.0)])
 
 
 def test_latency_that_overflows_is_refused() -> None:
@@ -309,3 +310,15 @@ def test_absurdly_nested_yaml_is_missing_metrics_not_a_crash(nested: str) -> Non
     # A broken or hostile stress-ng must fail the trial with a reason, never the tournament.
     with pytest.raises(MissingMetrics):
         parse_yaml_metrics(nested)
+
+
+def test_a_stressor_with_no_bogo_op_is_too_short_not_a_zero() -> None:
+    ok = StressorMetric("cpu", 120.0, 120.0, 1.0)
+    none = StressorMetric("memrate", 0.0, 0.0, 1.02)
+    assert throughput([ok]) == 120.0
+    with pytest.raises(TooShort) as e:
+        throughput([ok, none])
+    assert e.value.reason == "too short for memrate"
+    text = f"{e.value.reason}: {e.value}"
+    assert text.startswith("too short for memrate: it completed no bogo-op in 1.02 s")
+    assert throughput([ok, StressorMetric("cyclic", 0.0, 0.0, 1.0)]) == 120.0  # the probe is not workload
