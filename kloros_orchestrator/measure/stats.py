@@ -22,7 +22,7 @@ from typing import Final, Literal
 import numpy as np
 import numpy.typing as npt
 
-from kloros_orchestrator.measure.distributions import norm_cdf, t_ppf, welch_ttest
+from kloros_orchestrator.measure.distributions import norm_cdf, t_ppf, t_sf, welch_ttest
 from kloros_orchestrator.measure.scoring import score_regime_array, score_terms
 
 FloatArray = npt.NDArray[np.float64]
@@ -240,6 +240,17 @@ def prob_better(
     means_a = arr_a[rng.integers(0, arr_a.size, size=(n_boot, arr_a.size))].mean(axis=1)
     means_b = arr_b[rng.integers(0, arr_b.size, size=(n_boot, arr_b.size))].mean(axis=1)
     return float(np.mean(means_a > means_b) + 0.5 * np.mean(means_a == means_b))
+
+
+def paired_p_value(differences: ArrayLike) -> float | None:
+    """Two-sided p-value of a paired t-test: the mean of per-pair ``differences`` against 0 (df n-1);
+    None when undefined (fewer than two pairs, or every difference the same)."""
+    d = _as_samples(differences, "differences")
+    if d.size < 2 or np.ptp(d) == 0:
+        return None
+    t = float(np.mean(d)) / (float(np.std(d, ddof=1)) / math.sqrt(d.size))
+    p = 2.0 * t_sf(abs(t), float(d.size - 1))
+    return min(1.0, p) if math.isfinite(p) else None
 
 
 def welch_p_value(

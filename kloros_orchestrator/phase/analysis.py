@@ -11,8 +11,8 @@ run* (it is re-measured in every epoch, interleaved with the candidates), never 
 * KPI effects (insights, recommendations): candidate and baseline trials are paired by
   (epoch, replica), which the QTIME plan ran side by side; the mean paired relative difference
   ``c/b − 1`` gets a bootstrap interval (``measure.stats.bootstrap_mean_ci``, the CI printed). An
-  effect is *measurable* when that interval excludes 0 **and** the Welch test of the same trials
-  (``measure.stats.welch_p_value``) passes ``(1 − level)/m``, m = the variant's regime×KPI
+  effect is *measurable* when that interval excludes 0 **and** the paired t-test of the same
+  differences (``measure.stats.paired_p_value``) passes ``(1 − level)/m``, m = the variant's regime×KPI
   comparisons (Bonferroni), with at least ``MIN_PAIRS_EFFECT`` pairs. Why both: with a handful of
   trials a bootstrap interval cannot reach extreme quantiles (for 3 pairs it is the sample range,
   which excludes 0 one time in four by chance), so a Bonferroni level on it alone does not hold;

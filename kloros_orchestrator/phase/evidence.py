@@ -18,7 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 from kloros_orchestrator.measure.scoring import score_regime, score_v2
-from kloros_orchestrator.measure.stats import bootstrap_mean_ci, score_ci, welch_p_value
+from kloros_orchestrator.measure.stats import bootstrap_mean_ci, paired_p_value, score_ci
 from kloros_orchestrator.model import REGIMES, STANDARD_KPIS, STOCK_ARM
 from kloros_orchestrator.phase.records import DomainData, TrialRecord, VariantInfo
 
@@ -232,7 +232,9 @@ def _effects(
         values = np.asarray(pairs[(regime, kpi)], dtype=np.float64)
         deltas = values[:, 0] / values[:, 1] - 1.0
         ci = bootstrap_mean_ci(deltas, rng=rng, n_boot=n_boot, level=level)
-        p = welch_p_value(values[:, 0], values[:, 1]) if len(values) >= 2 else None
+        # The plan pairs each variant trial with the stock trial beside it (epoch, regime, replica):
+        # a paired test on the per-pair differences, not Welch's on two independent groups.
+        p = paired_p_value(deltas) if len(values) >= 2 else None
         effects.append(
             KpiEffect(
                 regime=regime,

@@ -186,3 +186,18 @@ def test_prob_better_and_welch() -> None:
     assert p is not None and p < 1e-3
     assert welch_p_value([1.0], [2.0, 3.0]) is None
     assert welch_p_value([1.0, 1.0], [1.0, 1.0]) is None
+
+
+def test_paired_p_value_is_scipys_paired_t_test_and_sees_what_welch_misses() -> None:
+    from scipy import stats as sps
+
+    from kloros_orchestrator.measure.stats import paired_p_value, welch_p_value
+
+    rng = np.random.default_rng(5)
+    base = 100.0 + 20.0 * rng.standard_normal(8)  # pairs differ a lot from each other ...
+    cand = base * 1.02 + 0.2 * rng.standard_normal(8)  # ... but each variant trial is 2 % above its pair
+    d = cand / base - 1.0
+    p = paired_p_value(d)
+    assert p is not None and p == pytest.approx(sps.ttest_1samp(d, 0.0).pvalue, rel=1e-9)
+    assert p < 0.001 < (welch_p_value(cand, base) or 1.0)  # the groups overlap; the pairs do not
+    assert paired_p_value([0.01]) is None and paired_p_value([0.01, 0.01]) is None
