@@ -67,8 +67,9 @@ class HostKeeper:
     # --- start-up (blocking: run in a worker thread) ---------------------------------------------
 
     def startup(self, domains: Mapping[str, SpicaDomain]) -> dict[str, Genome]:
-        """Record factory values not seen before, bring every domain to its current configuration
-        (finishing a rollback a crash cut short), and return the current genomes."""
+        """Bring every domain to its current configuration (re-applying an adoption, finishing a
+        rollback a crash cut short) and return the current genomes. An unreadable host file raises
+        HostStateError (one line naming it): the daemon does not guess what the host should run."""
         self.domains = {n: d for n, d in domains.items() if d.support == "ok"}
         adopted = self.store.adopted()
         for name in [n for n in adopted.factory_pending if n not in self.domains]:
