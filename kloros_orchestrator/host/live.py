@@ -8,7 +8,6 @@ mean, not by their bytes: a bracket file by its active value (``always [madvise]
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,10 +17,16 @@ from kloros_orchestrator.errors import DomainError
 from kloros_orchestrator.host.records import FactoryKnob, KnobSetting
 from kloros_orchestrator.model import Genome, Scalar
 from kloros_orchestrator.spica.base import AFFINITY, SpicaDomain, affinity_layouts
-from kloros_orchestrator.spica.knobs import Knob, RefusedPath, read_knob, write_knob
-
-_TRUE = ("1", "y", "yes", "on", "true")
-_FALSE = ("0", "n", "no", "off", "false")
+from kloros_orchestrator.spica.knobs import (
+    Knob,
+    RefusedPath,
+    active_token,
+    parse_value,
+    read_knob,
+    restore_text_of,
+    same_value,
+    write_knob,
+)
 
 
 @dataclass(frozen=True)
@@ -101,44 +106,9 @@ def factory_knobs(dom: SpicaDomain, at: str) -> list[FactoryKnob]:
     return out
 
 
-def _token(fmt: str, text: str) -> str:
-    if fmt == "bracket":
-        start, end = text.find("["), text.find("]")
-        if 0 <= start < end:
-            return text[start + 1 : end]
-    return text.strip()
-
-
 def restore_text(fk: FactoryKnob, original: str) -> str:
-    """What to write to bring a file back to ``original``: the exact text, or a bracket file's
-    active value (the kernel refuses the listing as input)."""
-    return _token(fk.fmt, original) if fk.fmt == "bracket" and "[" in original else original
-
-
-def _parse(kind: str, token: str) -> Scalar:
-    if kind == "int":
-        return int(token)
-    if kind == "float":
-        return float(token)
-    if kind == "bool":
-        if token.lower() in _TRUE:
-            return True
-        if token.lower() in _FALSE:
-            return False
-        raise ValueError(f"{token!r} is not a boolean")
-    return token
-
-
-def same_value(kind: str, fmt: str, found: str, expected: str) -> bool:
-    """Whether a file's text ``found`` holds the value written as ``expected``."""
-    a, b = _token(fmt, found), _token(fmt, expected)
-    try:
-        x, y = _parse(kind, a), _parse(kind, b)
-    except ValueError:
-        return a == b
-    if isinstance(x, float) and isinstance(y, float):
-        return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
-    return x == y
+    """What to write to bring a file back to ``original`` (see ``spica.knobs.restore_text_of``)."""
+    return restore_text_of(fk.fmt, original)
 
 
 def factory_settings(factory: Mapping[str, FactoryKnob]) -> list[KnobSetting]:
@@ -150,10 +120,7 @@ def factory_settings(factory: Mapping[str, FactoryKnob]) -> list[KnobSetting]:
         for path, original in fk.originals.items():
             groups.setdefault(restore_text(fk, original), []).append(path)
         for text, paths in groups.items():
-            try:
-                value = _parse(fk.type, _token(fk.fmt, text))
-            except ValueError:
-                value = _token(fk.fmt, text)
+            value = parse_value(fk.type, fk.fmt, text)
             setting = KnobSetting(
                 knob=fk.knob, scope="system", type=fk.type, value=value, text=text,
                 paths=tuple(paths), fmt=fk.fmt,
@@ -179,7 +146,7 @@ def write_files(files: Sequence[tuple[str, str]], sysfs_root: Path) -> None:
         except (OSError, UnicodeDecodeError, RefusedPath) as e:
             for p, old in reversed(done):
                 try:
-                    write_knob(p, _token("bracket", old) if "[" in old else old, sysfs_root)
+                    write_knob(p, restore_text_of("bracket", old), sysfs_root)
                 except (OSError, RefusedPath):
                     continue
             raise DomainError(f"writing {path} failed: {e}") from e
@@ -198,7 +165,7 @@ def drift_of(settings: Sequence[KnobSetting], sysfs_root: Path) -> list[Drift]:
                 out.append(Drift(str(path), s.knob, s.text.strip(), f"unreadable ({e})"))
                 continue
             if not same_value(s.type, s.fmt, found, s.text):
-                out.append(Drift(str(path), s.knob, _token(s.fmt, s.text), _token(s.fmt, found)))
+                out.append(Drift(str(path), s.knob, active_token(s.fmt, s.text), active_token(s.fmt, found)))
     return out
 
 

@@ -31,6 +31,7 @@ from kloros_orchestrator.spica.knobs import (
     file_target,
     journal_original,
     read_knob,
+    same_value,
     write_value,
 )
 
@@ -485,7 +486,7 @@ class SpicaDomain(abc.ABC):
                 except (OSError, UnicodeDecodeError, KlorosError) as exc:
                     out.append(f"{path}, expected {knob.encode(want)}, found unreadable: {exc}")
                     continue
-                if not _holds(knob, live, want):
+                if not same_value(knob.type, knob.fmt, live, knob.encode(want)):
                     out.append(f"{path}, expected {knob.encode(want)}, found {live.strip()}")
         return out
 
@@ -555,19 +556,6 @@ class SpicaDomain(abc.ABC):
     def telemetry(self, event: str, **fields: Any) -> dict[str, Any]:
         """An event record for events.jsonl: ``{"ts", "event", "domain", ...fields}``."""
         return {"ts": time.time(), "event": event, "domain": self.name, **fields}
-
-
-def _holds(knob: Knob, text: str, want: Scalar) -> bool:
-    """Whether a knob file's ``text`` holds the value ``want`` (see :meth:`SpicaDomain.drift`)."""
-    try:
-        live = knob.decode(text)
-    except ValueError:
-        return False
-    if knob.type == "float":
-        return math.isclose(float(live), float(want), rel_tol=1e-9, abs_tol=1e-12)
-    if knob.type == "choice":
-        return str(live) == str(want)
-    return live == want
 
 
 def _put_external(domain: SpicaDomain, knob: Knob, key: str, original: str) -> None:

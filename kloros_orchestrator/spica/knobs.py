@@ -56,17 +56,21 @@ __all__ = [
     "RestoreTarget",
     "Runner",
     "Scope",
+    "active_token",
     "apply_system",
     "checked_original",
     "discover_knob",
     "file_target",
     "journal_original",
     "knob_from_declaration",
+    "parse_value",
     "probe",
     "read_knob",
     "read_text",
     "restore_file",
+    "restore_text_of",
     "run_argv",
+    "same_value",
     "write_knob",
     "write_value",
 ]
@@ -243,11 +247,7 @@ class Knob:
 
     def token(self, text: str) -> str:
         """The active value as text: the bracketed word of a bracket file, else the stripped text."""
-        if self.fmt == "bracket":
-            m = _BRACKET_RE.search(text)
-            if m:
-                return m.group(1)
-        return text.strip()
+        return active_token(self.fmt, text)
 
     def decode(self, text: str) -> Scalar:
         """Parse a file's content into this knob's value; raises ValueError when it does not parse."""
@@ -278,9 +278,7 @@ class Knob:
         Plain files get their exact original text back (byte-identical). A bracket file lists
         every value, which the kernel refuses as input: it gets the bare active value.
         """
-        if self.fmt == "bracket" and _BRACKET_RE.search(original):
-            return self.token(original)
-        return original
+        return restore_text_of(self.fmt, original)
 
     def env_name(self) -> str:
         return self.env or f"{ENV_PREFIX}{self.name.upper()}"
@@ -301,6 +299,60 @@ class Knob:
                     ids.append(int(m.group(1)))
         # No CPU directories at all still yields cpu0, so absence is reported for a real path.
         return tuple((root / self.path.format(cpu=i)).absolute() for i in (sorted(ids) or [0]))
+
+
+def active_token(fmt: str, text: str) -> str:
+    """The value a file holds as text: a bracket file's bracketed word, else the stripped text."""
+    if fmt == "bracket":
+        m = _BRACKET_RE.search(text)
+        if m:
+            return m.group(1)
+    return text.strip()
+
+
+def restore_text_of(fmt: str, original: str) -> str:
+    """What to write to bring a file back to ``original``: the exact text, or a bracket file's active
+    value (it lists every value, which the kernel refuses as input)."""
+    if fmt == "bracket" and _BRACKET_RE.search(original):
+        return active_token(fmt, original)
+    return original
+
+
+def _parse_token(kind: str, token: str) -> Scalar:
+    if kind == "int":
+        return int(token)
+    if kind == "float":
+        return float(token)
+    if kind == "bool":
+        if token.lower() in _TRUE:
+            return True
+        if token.lower() in _FALSE:
+            return False
+        raise ValueError(f"{token!r} is not a boolean")
+    return token
+
+
+def parse_value(kind: str, fmt: str, text: str) -> Scalar:
+    """A file's value as the knob type's Python value; its text when it does not parse."""
+    token = active_token(fmt, text)
+    try:
+        return _parse_token(kind, token)
+    except ValueError:
+        return token
+
+
+def same_value(kind: str, fmt: str, found: str, expected: str) -> bool:
+    """Whether a file's text ``found`` holds the value written as ``expected``, by meaning: a bracket
+    file by its active value, numbers by value (``"60\\n"`` holds 60; floats to a relative 1e-9), a text
+    that does not parse as the knob's type only by equal text."""
+    a, b = active_token(fmt, found), active_token(fmt, expected)
+    try:
+        x, y = _parse_token(kind, a), _parse_token(kind, b)
+    except ValueError:
+        return a == b
+    if isinstance(x, float) and isinstance(y, float):
+        return math.isclose(x, y, rel_tol=1e-9, abs_tol=1e-12)
+    return x == y
 
 
 def _numpy_bool(value: Any) -> bool:
