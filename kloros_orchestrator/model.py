@@ -99,3 +99,12 @@ class TrialResult(msgspec.Struct, frozen=True):
     wall_s: float = 0.0
     started_at: float = 0.0
     cpus: tuple[int, ...] | None = None  # the CPU set the workload was confined to (None = all)
+    # Each workload stressor's bogo-ops/s ({stressor: rate}); empty for a command workload or a
+    # failed trial. A regime's throughput score compares these stressor by stressor (README).
+    stressor_ops: dict[str, float] = msgspec.field(default_factory=dict)
+    # CPU time used outside the daemon's own process tree while the trial ran, as a share of the
+    # host's CPU capacity over the trial (0..1); None when it could not be measured.
+    outside_cpu: float | None = None
+    # The trial's round ran under outside load above the threshold: kept in trials.jsonl, re-run,
+    # never in a score or a claim.
+    contaminated: bool = False
