@@ -171,24 +171,44 @@ def latency_kpis(percentiles: Mapping[float, float]) -> dict[str, float]:
     return kpis
 
 
+def stressor_rates(
+    metrics: Iterable[StressorMetric], exclude: Iterable[str] = (PROBE_STRESSOR,)
+) -> dict[str, float]:
+    """Each workload stressor's bogo-ops per second (real time), ``{stressor: rate}``; empty when none.
+
+    Raises ``MissingMetrics`` when a rate is not a finite number >= 0 (or a stressor's repeated entries
+    overflow), and ``TooShort`` when a workload stressor completed no bogo-op at all.
+    """
+    excluded = set(exclude)
+    rates: dict[str, float] = {}
+    for m in metrics:
+        if m.stressor in excluded:
+            continue
+        if m.bogo_ops == 0:  # a zero is no measurement: the trial was too short for this stressor
+            raise TooShort(m.stressor, m.wall_clock_s)
+        rate = m.bogo_ops_per_s_real
+        if not (math.isfinite(rate) and rate >= 0):
+            raise MissingMetrics(f"{m.stressor}: bogo-ops/s rate {rate!r} is not a finite number >= 0")
+        rates[m.stressor] = rates.get(m.stressor, 0.0) + rate
+        if not math.isfinite(rates[m.stressor]):
+            raise MissingMetrics(f"{m.stressor}: bogo-ops/s rates overflow when added up")
+    return rates
+
+
 def throughput(metrics: Iterable[StressorMetric], exclude: Iterable[str] = (PROBE_STRESSOR,)) -> float | None:
     """Sum of bogo-ops per second (real time) over workload stressors; None when there are none.
 
-    Raises ``MissingMetrics`` when a rate is not a finite number >= 0, or when the sum overflows, and
-    ``TooShort`` when a workload stressor completed no bogo-op at all.
+    This sum is the pack's ``throughput_ops``; the score compares stressor by stressor
+    (:func:`stressor_rates`). Raises like :func:`stressor_rates`, and ``MissingMetrics`` when the sum
+    overflows.
     """
-    excluded = set(exclude)
-    workload = [m for m in metrics if m.stressor not in excluded]
-    for m in workload:
-        if m.bogo_ops == 0:  # a zero is no measurement: the trial was too short for this stressor
-            raise TooShort(m.stressor, m.wall_clock_s)
-    rates = [(m.stressor, m.bogo_ops_per_s_real) for m in workload]
-    for name, rate in rates:
-        if not (math.isfinite(rate) and rate >= 0):
-            raise MissingMetrics(f"{name}: bogo-ops/s rate {rate!r} is not a finite number >= 0")
-    if not rates:
-        return None
-    total = sum(rate for _, rate in rates)
+    rates = stressor_rates(metrics, exclude)
+    return total_rate(rates) if rates else None
+
+
+def total_rate(rates: Mapping[str, float]) -> float:
+    """The sum of per-stressor rates (``throughput_ops``); ``MissingMetrics`` when it overflows."""
+    total = sum(rates.values())
     if not math.isfinite(total):
         raise MissingMetrics(f"throughput overflows: the sum of {len(rates)} bogo-ops/s rates is {total!r}")
     return total

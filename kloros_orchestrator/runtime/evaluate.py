@@ -26,7 +26,12 @@ from loguru import logger
 from kloros_orchestrator.errors import DomainError, KnobDrift, MissingMetrics, ToolMissing, WorkloadFailed
 from kloros_orchestrator.measure.caps import CapLimit, check_caps
 from kloros_orchestrator.measure.sensors import Sensors, TrialSampler
-from kloros_orchestrator.measure.stressng_output import latency_kpis, parse_cyclic_percentiles, throughput
+from kloros_orchestrator.measure.stressng_output import (
+    latency_kpis,
+    parse_cyclic_percentiles,
+    stressor_rates,
+    total_rate,
+)
 from kloros_orchestrator.model import TEMP, THROUGHPUT, Genome, TrialResult
 from kloros_orchestrator.runtime.workloads import run_stress_ng
 from kloros_orchestrator.spica.base import SpicaDomain
@@ -112,6 +117,7 @@ class Evaluator:
         started = self.clock()
         t0 = time.monotonic()
         placed: list[tuple[int, ...] | None] = [None]
+        rates: dict[str, float] = {}  # filled by _measure: each workload stressor's bogo-ops/s
 
         def result(
             ok: bool,
@@ -123,6 +129,7 @@ class Evaluator:
                 domain=domain.name, cand_id=cand_id, regime=regime, ok=ok, kpis=kpis or {},
                 failure=failure[:600] if failure else None, cap_breach=cap_breach,
                 wall_s=time.monotonic() - t0, started_at=started, cpus=placed[0],
+                stressor_ops=rates if ok else {},
             )  # fmt: skip
             self.counters.trials += 1
             self.counters.failed_trials += 0 if ok else 1
@@ -131,7 +138,9 @@ class Evaluator:
             return res
 
         try:
-            kpis, breach = await self._measure(domain, genome, regime, cand_id, duration_s, cpus, placed)
+            kpis, breach = await self._measure(
+                domain, genome, regime, cand_id, duration_s, cpus, placed, rates
+            )
         except WorkloadFailed as e:
             logger.warning("trial failed: {} {} {}: {}", domain.name, cand_id, regime, e)
             return result(False, failure=f"{getattr(e, 'reason', type(e).__name__)}: {e}")
@@ -159,6 +168,7 @@ class Evaluator:
         duration_s: float | None,
         cpus: tuple[int, ...] | None,
         placed: list[tuple[int, ...] | None],
+        rates: dict[str, float],
     ) -> tuple[dict[str, float], list[str]]:
         """Apply, run with live cap checks, extract KPIs; returns (kpis, cap breaches)."""
         # Knob writes can block (a slow sysfs file, an external tool): never on the event loop.
@@ -212,10 +222,10 @@ class Evaluator:
         if workload.command is not None:
             kpis.update(domain.extract_kpis(run.stdout_text))
         else:
-            tp = throughput(run.metrics)
-            if tp is None:
+            rates.update(stressor_rates(run.metrics))
+            if not rates:
                 raise WorkloadFailed("stress-ng reported no throughput for the workload stressors")
-            kpis[THROUGHPUT] = tp
+            kpis[THROUGHPUT] = total_rate(rates)
             if workload.probe:
                 kpis.update(latency_kpis(parse_cyclic_percentiles(run.log_text)))
         kpis.update(sensor_kpis)

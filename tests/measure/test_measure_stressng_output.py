@@ -17,6 +17,7 @@ from kloros_orchestrator.measure.stressng_output import (
     read_stress_ng_version,
     short_run_reason,
     stressng_kpis,
+    stressor_rates,
     throughput,
 )
 from kloros_orchestrator.model import P50, P95, P99, THROUGHPUT, StressorMetric
@@ -213,6 +214,17 @@ def test_throughput_excludes_probe_and_is_none_without_workload() -> None:
     assert throughput([_metric("cyclic", 7000.0)]) is None
     assert throughput([]) is None
     assert throughput(parse_yaml_metrics(REAL_YAML)) == pytest.approx(1011.263694)
+
+
+def test_stressor_rates_keep_each_workload_stressor_and_add_repeats() -> None:
+    metrics = [_metric("cpu", 100.0), _metric("vm", 50.5), _metric("cyclic", 7000.0), _metric("vm", 0.5)]
+    assert stressor_rates(metrics) == {"cpu": 100.0, "vm": 51.0}
+    assert stressor_rates([_metric("cyclic", 7000.0)]) == {}
+    assert sum(stressor_rates(parse_yaml_metrics(REAL_YAML)).values()) == pytest.approx(1011.263694)
+    with pytest.raises(TooShort, match="no bogo-op"):
+        stressor_rates([_metric("cpu", 3.0), _metric("memrate", 0.0)])
+    with pytest.raises(MissingMetrics, match="vm: bogo-ops/s rates overflow"):
+        stressor_rates([_metric("vm", 1e308), _metric("vm", 1e308)])
 
 
 def test_throughput_that_overflows_or_adds_no_measurement_is_refused() -> None:
