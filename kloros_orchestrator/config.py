@@ -64,6 +64,26 @@ class PacingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     max_sleep_s: float = 900.0
 
 
+class RacingConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``dream.racing``: the indifference-zone race of a tournament (README, "Racing").
+
+    ``indifference`` is δ, the smallest score difference worth acting on (score units: 0.02 = 2 % of
+    the current configuration's throughput); ``confidence`` the probability of picking a candidate
+    within δ of the best."""
+
+    indifference: float = 0.02
+    confidence: float = 0.95
+
+
+class ContaminationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``dream.contamination``: a round during which CPU time outside the daemon's own process tree
+    exceeded ``outside_cpu`` (a share of the host's CPU capacity) is marked contaminated and re-run, at
+    most ``max_reruns`` times per tournament (README, "Contaminated rounds")."""
+
+    outside_cpu: float = 0.25
+    max_reruns: int = 3
+
+
 class DreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     domains: list[str] = msgspec.field(default_factory=lambda: ["cpu", "memory", "storage", "os_scheduler"])
     population: int = 6
@@ -77,6 +97,8 @@ class DreamConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     min_trials: int = 2  # successful trials per regime below which a candidate is not scored (≤ trials)
     elite: int = 1
     pacing: PacingConfig = msgspec.field(default_factory=PacingConfig)
+    racing: RacingConfig = msgspec.field(default_factory=RacingConfig)
+    contamination: ContaminationConfig = msgspec.field(default_factory=ContaminationConfig)
 
 
 class PromotionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -170,6 +192,7 @@ def default_config_path() -> Path:
 
 # --------------------------------------------------------------------------------------------------
 # Validation helpers
+
 
 def _check_fields(
     raw: Any, cls: type[msgspec.Struct], file: str, prefix: str, problems: list[str], dropped: set[str]

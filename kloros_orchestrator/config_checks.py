@@ -46,6 +46,13 @@ COUNT_BOUNDS: Final[dict[str, tuple[int, int]]] = {
     "phase.qtime.replicas": (1, 1000),
     "phase.qtime.min_replicas": (1, 1000),
     "phase.max_variants": (0, 1000),
+    "dream.contamination.max_reruns": (0, 1000),
+}
+# key -> (lowest, highest, highest included): a share or a probability, exclusive at the bottom.
+FRACTION_BOUNDS: Final[dict[str, tuple[float, float, bool]]] = {
+    "dream.racing.indifference": (0.0, 10.0, True),  # score units: 10 = +1000 %
+    "dream.racing.confidence": (0.5, 1.0, False),
+    "dream.contamination.outside_cpu": (0.0, 1.0, True),
 }
 # key -> (zero allowed, highest) in seconds; None (unset) is allowed where the field is optional.
 SECONDS_BOUNDS: Final[dict[str, tuple[bool, float]]] = {
@@ -149,6 +156,19 @@ def check_numbers(cfg: Config, report: Report, bad: set[str]) -> None:
         if problem is not None:
             report(key, problem)
             bad.add(key)
+    for key, (low, high, high_ok) in FRACTION_BOUNDS.items():
+        problem = _fraction(float(value_at(cfg, key)), low, high, high_ok)
+        if key not in bad and problem is not None:
+            report(key, problem)
+            bad.add(key)
+
+
+def _fraction(value: float, low: float, high: float, high_ok: bool) -> str | None:
+    if not math.isfinite(value):
+        return f"must be a finite number, got {value}"
+    if value <= low or value > high or (value == high and not high_ok):
+        return f"must be in ({low:g}, {high:g}{']' if high_ok else ')'}, got {value:g}"
+    return None
 
 
 def check_relations(cfg: Config, report: Report, bad: set[str]) -> None:
@@ -349,6 +369,7 @@ def scan_values(value: object, where: str, report: Report, *, strict_keys: froze
 
 __all__ = [
     "COUNT_BOUNDS",
+    "FRACTION_BOUNDS",
     "SECONDS_BOUNDS",
     "check_config",
     "key_text",

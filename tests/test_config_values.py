@@ -274,3 +274,31 @@ def test_cli_validate_lists_value_problems_and_exits_2(cfgdir: Path) -> None:
     assert "Traceback" not in done.stderr
     assert f"{path}: dream.trial_seconds: must be a finite number of seconds, got inf" in done.stderr
     assert f"{path}: state_dir: contains a control character (NUL at position 6)" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "words"),
+    [
+        ("dream.racing.indifference", 0.0, ("must be in (0, 10]", "got 0")),
+        ("dream.racing.indifference", float("nan"), ("finite",)),
+        ("dream.racing.confidence", 1.0, ("must be in (0.5, 1)", "got 1")),
+        ("dream.racing.confidence", 0.5, ("must be in (0.5, 1)",)),
+        ("dream.contamination.outside_cpu", 1.5, ("must be in (0, 1]", "got 1.5")),
+        ("dream.contamination.outside_cpu", float("-inf"), ("finite",)),
+    ],
+)
+def test_shares_and_probabilities_outside_their_range_are_refused(
+    cfgdir: Path, key: str, value: float, words: tuple[str, ...]
+) -> None:
+    assert has(problems_of(cfgdir, nested(key, value)), f"{cfgdir / 'dream.yaml'}: {key}: ", *words)
+
+
+def test_racing_and_contamination_defaults_and_limits_load(cfgdir: Path) -> None:
+    path = cfgdir / "dream.yaml"
+    path.write_text(yaml.safe_dump({"dream": {"domains": ["cpu"]}, "state_dir": str(cfgdir)}))
+    dream = load_config(path).config.dream
+    assert (dream.racing.indifference, dream.racing.confidence) == (0.02, 0.95)
+    assert (dream.contamination.outside_cpu, dream.contamination.max_reruns) == (0.25, 3)
+    racing = {"indifference": 10, "confidence": 0.999}
+    doc = {"dream": {"racing": racing, "contamination": {"outside_cpu": 1}}}
+    assert load_config_ok(cfgdir, doc)
