@@ -156,8 +156,8 @@ def check_numbers(cfg: Config, report: Report, bad: set[str]) -> None:
         if problem is not None:
             report(key, problem)
             bad.add(key)
-    for key, (low, high, high_ok) in FRACTION_BOUNDS.items():
-        problem = _fraction(float(value_at(cfg, key)), low, high, high_ok)
+    for key, (lowest, highest, high_ok) in FRACTION_BOUNDS.items():
+        problem = _fraction(float(value_at(cfg, key)), lowest, highest, high_ok)
         if key not in bad and problem is not None:
             report(key, problem)
             bad.add(key)
