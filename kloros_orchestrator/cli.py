@@ -114,6 +114,8 @@ def _validate(args: argparse.Namespace) -> int:
     where = loaded.path or "embedded default"
     domains = ", ".join(loaded.config.dream.domains)
     print(f"{where}: ok (domains: {domains}; config hash {loaded.config_hash})")
+    for warning in loaded.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     return EXIT_OK
 
 
@@ -145,6 +147,8 @@ def _run(args: argparse.Namespace) -> int:
         log_file = loaded.config.log_file
         setup_logging(loaded.config.log_level, log_file=Path(log_file).absolute() if log_file else None)
         _record_moved(loaded.state_dir, moved)
+        for warning in loaded.warnings:
+            logger.warning("configuration: {}", warning)
     except StateDirError as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_CONFIG

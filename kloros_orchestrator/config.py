@@ -31,6 +31,7 @@ from kloros_orchestrator.config_files import load_caps, load_regimes
 from kloros_orchestrator.config_yaml import read_yaml, shown
 from kloros_orchestrator.errors import ConfigError
 from kloros_orchestrator.model import STANDARD_KPIS, RegimeSpec
+from kloros_orchestrator.regime_needs import duration_warnings
 
 MAX_PROBLEM_CHARS: Final = 500
 # The keys that decide which domain files are read; when one is refused, those files are not read.
@@ -152,6 +153,9 @@ class LoadedConfig(msgspec.Struct, frozen=True):
     caps: dict[str, dict[str, Any]]  # domain -> KPI -> CapLimit
     config_hash: str
     window_duration_s: float
+    # Things that load but will not work as meant (e.g. a regime too short for its stressors):
+    # ``validate`` prints them, ``run`` logs them; never a reason to refuse the configuration.
+    warnings: tuple[str, ...] = ()
 
     @property
     def state_dir(self) -> Path:
@@ -437,7 +441,24 @@ def load_config(path: Path | None = None, *, overrides: dict[str, Any] | None = 
         caps=caps,
         config_hash=digest.hexdigest()[:16],
         window_duration_s=duration,
+        warnings=tuple(_regime_warnings(cfg, regimes, cfg_path, path is not None)),
     )
+
+
+def _regime_warnings(
+    cfg: Config, regimes: dict[str, dict[str, RegimeSpec]], cfg_path: Path, user_config: bool
+) -> list[str]:
+    """Regimes whose shortest trial is too short for a stressor (:mod:`regime_needs`)."""
+    regimes_dir = _resolve_dir(cfg.regimes_dir, cfg_path.parent, "regimes", user_config)
+    overrides = {
+        "dream.trial_seconds": cfg.dream.trial_seconds,
+        "dream.first_look_seconds": cfg.dream.first_look_seconds,
+        "phase.trial_seconds": cfg.phase.trial_seconds,
+    }
+    out: list[str] = []
+    for dom in sorted(regimes):
+        out.extend(duration_warnings(str(regimes_dir / f"{dom}.yaml"), regimes[dom], overrides))
+    return out
 
 
 def _resolve_dir(explicit: str | None, base: Path, name: str, user_config: bool) -> Path:
