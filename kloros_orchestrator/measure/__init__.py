@@ -14,6 +14,8 @@ from kloros_orchestrator.measure.scoring import (
     score_regime_array,
     score_terms,
     score_v2,
+    stressor_ratio,
+    stressor_ratio_array,
 )
 from kloros_orchestrator.measure.sensors import (
     RaplZone,
@@ -29,6 +31,7 @@ from kloros_orchestrator.measure.stats import (
     expanded_tail,
     kpi_cis,
     paired_p_value,
+    paired_score_ci,
     prob_better,
     score_ci,
     welch_p_value,
@@ -68,6 +71,7 @@ __all__ = [
     "latency_kpis",
     "load_caps",
     "paired_p_value",
+    "paired_score_ci",
     "parse_caps",
     "parse_cyclic_percentiles",
     "parse_yaml_metrics",
@@ -81,6 +85,8 @@ __all__ = [
     "score_v2",
     "short_run_reason",
     "stressng_kpis",
+    "stressor_ratio",
+    "stressor_ratio_array",
     "throughput",
     "welch_p_value",
 ]

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final, Literal
 
@@ -28,8 +28,19 @@ import msgspec
 import numpy as np
 
 from kloros_orchestrator.errors import SchemaError
-from kloros_orchestrator.measure.scoring import OVERALL, improves_over_baseline, score_regime, score_v2
-from kloros_orchestrator.measure.stats import bootstrap_mean_ci, score_ci
+from kloros_orchestrator.measure.arms import (
+    Trials,
+    arm_score,
+    arm_score_ci,
+    kpi_means,
+    kpi_values,
+    scoring_shortfall,
+    stressor_means,
+    successful,
+)
+from kloros_orchestrator.measure.arms import round_score as round_score  # the race's, re-exported
+from kloros_orchestrator.measure.scoring import OVERALL, improves_over_baseline
+from kloros_orchestrator.measure.stats import bootstrap_mean_ci
 from kloros_orchestrator.model import REGIMES, Scalar, TrialResult
 from kloros_orchestrator.safefs import (
     MAX_JSON_DEPTH,
@@ -40,7 +51,6 @@ from kloros_orchestrator.safefs import (
 )
 from kloros_orchestrator.store import atomic_write_bytes
 
-Trials = Mapping[str, Sequence[TrialResult]]  # regime -> trials of one arm
 Interval = tuple[float, float]
 
 PACK_SCHEMA: Final = "candidate_pack.v2"
@@ -105,6 +115,11 @@ class CandidatePack(msgspec.Struct, frozen=True, kw_only=True):
     # score interval at level 1 - 0.05/selected_from (the claim an improvement needs, when k > 1).
     selected_from: int | None = None
     selection_ci: Interval | None = None
+    # {regime: {stressor: mean bogo-ops/s}} of the candidate and of the stock arm: what the score's
+    # per-stressor throughput ratio is made of. A regime is present only where every successful trial
+    # of that arm carried the same stressors (absent for command workloads and older trials).
+    stressor_throughput: dict[str, dict[str, float]] = {}
+    current_stressor_throughput: dict[str, dict[str, float]] = {}
 
 
 class PackContext(msgspec.Struct, frozen=True):
@@ -141,55 +156,6 @@ class BaselineEntry(msgspec.Struct, frozen=True, kw_only=True):
 # --- from trials to numbers ----------------------------------------------------------------------
 
 
-def kpi_values(trials: Iterable[TrialResult]) -> dict[str, list[float]]:
-    """KPI -> values over the successful trials (failed trials contribute nothing, never zeros)."""
-    out: dict[str, list[float]] = {}
-    for t in trials:
-        if not t.ok:
-            continue
-        for k, v in t.kpis.items():
-            out.setdefault(k, []).append(float(v))
-    return out
-
-
-def kpi_means(trials: Iterable[TrialResult]) -> dict[str, float]:
-    return {k: float(np.mean(v)) for k, v in kpi_values(trials).items() if v}
-
-
-def successful(trials: Iterable[TrialResult]) -> int:
-    return sum(1 for t in trials if t.ok)
-
-
-def scoring_shortfall(arm: Trials, stock: Trials, min_trials: int) -> str | None:
-    """Why this arm cannot be scored (too few successful trials somewhere), or None."""
-    for regime in REGIMES:
-        if regime not in arm:
-            continue
-        n, nb = successful(arm[regime]), successful(stock.get(regime, ()))
-        if n < min_trials:
-            return f"{regime}: {n} successful trial(s) < minimum {min_trials}"
-        if nb < min_trials:
-            return f"{regime}: stock baseline has {nb} successful trial(s) < minimum {min_trials}"
-    return None
-
-
-def arm_score(arm: Trials, stock: Trials) -> float | None:
-    """score_v2 of an arm against the stock arm: per-regime score on the means, mean over regimes."""
-    per_regime: list[float | None] = []
-    for regime, trials in arm.items():
-        per_regime.append(score_regime(kpi_means(trials), kpi_means(stock.get(regime, ()))))
-    return score_v2(per_regime)
-
-
-def arm_score_ci(
-    arm: Trials, stock: Trials, *, rng: np.random.Generator, n_boot: int, level: float = 0.95
-) -> tuple[float, float]:
-    cand = {r: {k: np.asarray(v) for k, v in kpi_values(t).items()} for r, t in arm.items()}
-    base = {r: {k: np.asarray(v) for k, v in kpi_values(stock.get(r, ())).items()} for r in arm}
-    lo, hi = score_ci(cand, base, rng=rng, n_boot=n_boot, level=level)
-    return float(lo), float(hi)
-
-
 def corrected_for_selection(
     pack: CandidatePack, arm: Trials, stock: Trials, k: int, *, rng: np.random.Generator, n_boot: int
 ) -> CandidatePack:
@@ -206,17 +172,6 @@ def corrected_for_selection(
     note = f"the best of {k}: its interval corrected for that selection reaches 0"
     aggregate = msgspec.structs.replace(agg, improves_over_baseline=False, score_ci_note=note)
     return msgspec.structs.replace(pack, aggregate=aggregate, selected_from=k, selection_ci=wide)
-
-
-def round_score(arm_round: Mapping[str, TrialResult], stock_round: Mapping[str, TrialResult]) -> float | None:
-    """One paired score sample: this round's trial of each regime against the stock arm's same round."""
-    per_regime: list[float | None] = []
-    for regime, t in arm_round.items():
-        b = stock_round.get(regime)
-        if not t.ok or b is None or not b.ok:
-            return None
-        per_regime.append(score_regime(t.kpis, b.kpis))
-    return score_v2(per_regime)
 
 
 def _kpi_cis(
@@ -317,6 +272,8 @@ def build_pack(
     if same and aggregate.improves_over_baseline:  # the current configuration cannot beat itself
         aggregate = msgspec.structs.replace(aggregate, improves_over_baseline=False)
     missing = sorted(set(ctx.expected_kpis) - {k for reg in regimes for k in reg.kpis})
+    cand_rates = {r.regime: stressor_means(arm[r.regime]) for r in regimes}
+    stock_rates = {r.regime: stressor_means(stock.get(r.regime, ())) for r in regimes}
     return CandidatePack(
         run_id=ctx.run_id,
         domain=ctx.domain,
@@ -337,6 +294,8 @@ def build_pack(
         stress_ng_version=ctx.stress_ng_version,
         current_genome=None if ctx.current_genome is None else dict(ctx.current_genome),
         same_as_current=same,
+        stressor_throughput={r: m for r, m in cand_rates.items() if m is not None},
+        current_stressor_throughput={r: m for r, m in stock_rates.items() if m is not None},
     )
 
 
@@ -388,6 +347,12 @@ def _numbers(values: Mapping[str, Any], field: str) -> Problems:
             yield from _number(v, f"{field}.{k}")
 
 
+def _rates(rates: Mapping[str, float], field: str) -> Problems:
+    for k, x in rates.items():
+        if not (math.isfinite(x) and x >= 0.0):
+            yield f"{field}.{k}", f"{x} is not a finite rate >= 0"
+
+
 def _intervals(cis: Mapping[str, Interval], field: str) -> Problems:
     for k, (lo, hi) in cis.items():
         yield from _numbers({k: (lo, hi)}, field)
@@ -422,6 +387,12 @@ def _pack_problems(pack: CandidatePack) -> Problems:
             yield "aggregate.improves_over_baseline", "true though the selection-corrected interval reaches 0"
     if pack.same_as_current and agg.improves_over_baseline:
         yield "aggregate.improves_over_baseline", "true for the current configuration itself"
+    for field, table in (
+        ("stressor_throughput", pack.stressor_throughput),
+        ("current_stressor_throughput", pack.current_stressor_throughput),
+    ):
+        for regime, rates in table.items():
+            yield from _rates(rates, f"{field}.{regime}")
     if pack.current_genome is not None:
         yield from _numbers(pack.current_genome, "current_genome")
         if pack.same_as_current != (pack.genome == pack.current_genome):

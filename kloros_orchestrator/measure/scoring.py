@@ -8,6 +8,16 @@ A term whose KPI is absent on either side (or whose baseline is not a positive f
 the ratio is meaningless) is dropped; without throughput the regime cannot be scored.
 ``score_v2`` is the mean over the regimes that could be scored. The array variants apply the same
 formula element-wise to bootstrap replicates.
+
+Throughput ratio. ``perf/perf_base`` is the *geometric mean over the regime's stressors* of the
+candidate/baseline ratio of each stressor's mean bogo-ops/s, ``exp(mean_s log(c_s / b_s))``: a sum
+of bogo-ops/s over stressor kinds is dominated by the fastest one (a cpu stressor's millions beside a
+vm stressor's thousands), so a mixed regime's sum mostly measures one stressor and inherits its noise;
+the geometric mean of ratios gives every stressor the same weight and does not depend on the units of
+any. The rule (``stressor_ratio``): per-stressor only when both sides carry the *same non-empty set*
+of stressors, each with a positive finite mean; otherwise (a command workload, whose KPIs come from
+its own output; trials recorded before per-stressor rates were kept; differing stressor sets) the
+ratio of the summed ``throughput_ops`` means, as before. For a one-stressor regime both rules agree.
 """
 
 from __future__ import annotations
@@ -50,28 +60,76 @@ def score_terms(candidate: Mapping[str, float], baseline: Mapping[str, float]) -
     return kpis if THROUGHPUT in kpis else None
 
 
-def score_regime(candidate: Mapping[str, float], baseline: Mapping[str, float]) -> float | None:
-    """One regime's score from mean KPIs; None when throughput is absent on either side."""
+def stressor_ratio(candidate: Mapping[str, float], baseline: Mapping[str, float]) -> float | None:
+    """Geometric mean over stressors of ``candidate[s] / baseline[s]`` (mean bogo-ops/s per stressor);
+    None when the two sides do not hold the same non-empty set of stressors with positive finite means
+    (the caller then uses the summed throughput, see the module docstring)."""
+    if not candidate or set(candidate) != set(baseline):
+        return None
+    pairs = [(float(candidate[s]), float(baseline[s])) for s in sorted(candidate)]
+    if not all(_usable_base(c) and _usable_base(b) for c, b in pairs):
+        return None
+    return math.exp(sum(math.log(c / b) for c, b in pairs) / len(pairs))
+
+
+def stressor_ratio_array(
+    candidate: Mapping[str, FloatArray], baseline: Mapping[str, FloatArray]
+) -> FloatArray:
+    """``stressor_ratio`` element-wise over arrays of replicate means (same stressors on both sides,
+    decided from the point estimates by the caller)."""
+    if not candidate or set(candidate) != set(baseline):
+        raise ValueError("stressor_ratio_array needs the same non-empty set of stressors on both sides")
+    with np.errstate(divide="ignore", invalid="ignore"):
+        logs = [np.log(np.asarray(candidate[s], dtype=np.float64) / baseline[s]) for s in sorted(candidate)]
+        return np.asarray(np.exp(np.mean(np.stack(logs), axis=0)), dtype=np.float64)
+
+
+def score_regime(
+    candidate: Mapping[str, float],
+    baseline: Mapping[str, float],
+    *,
+    cand_stressors: Mapping[str, float] | None = None,
+    base_stressors: Mapping[str, float] | None = None,
+) -> float | None:
+    """One regime's score from mean KPIs; None when throughput is absent on either side.
+
+    ``cand_stressors``/``base_stressors``: each stressor's mean bogo-ops/s on either side; when they
+    qualify (``stressor_ratio``) the throughput term is their geometric-mean ratio, else the ratio
+    of the ``throughput_ops`` means.
+    """
     terms = score_terms(candidate, baseline)
     if terms is None:
         return None
     weights = dict(SCORE_TERMS)
-    return float(sum(weights[k] * (candidate[k] / baseline[k] - 1.0) for k in terms))
+    ratios = {k: candidate[k] / baseline[k] for k in terms}
+    per_stressor = stressor_ratio(cand_stressors or {}, base_stressors or {})
+    if per_stressor is not None:
+        ratios[THROUGHPUT] = per_stressor
+    return float(sum(weights[k] * (ratios[k] - 1.0) for k in terms))
 
 
 def score_regime_array(
-    candidate: Mapping[str, FloatArray], baseline: Mapping[str, FloatArray], terms: Iterable[str]
+    candidate: Mapping[str, FloatArray],
+    baseline: Mapping[str, FloatArray],
+    terms: Iterable[str],
+    *,
+    perf_ratio: FloatArray | None = None,
 ) -> FloatArray:
     """``score_regime`` element-wise over arrays of replicate means, for the given ``terms``.
 
     ``terms`` is decided once from the point estimates (``score_terms``) so that every bootstrap
-    replicate scores the same formula.
+    replicate scores the same formula. ``perf_ratio``: the replicates' per-stressor throughput ratio
+    (``stressor_ratio_array``), used for the throughput term instead of the summed throughput's.
     """
     weights = dict(SCORE_TERMS)
     total: FloatArray | None = None
     with np.errstate(divide="ignore", invalid="ignore"):
         for kpi in terms:
-            term = weights[kpi] * (np.asarray(candidate[kpi], dtype=np.float64) / baseline[kpi] - 1.0)
+            if kpi == THROUGHPUT and perf_ratio is not None:
+                ratio = np.asarray(perf_ratio, dtype=np.float64)
+            else:
+                ratio = np.asarray(candidate[kpi], dtype=np.float64) / baseline[kpi]
+            term = weights[kpi] * (ratio - 1.0)
             total = term if total is None else total + term
     if total is None:
         raise ValueError("score_regime_array needs at least one term")
@@ -110,13 +168,25 @@ def score_v2(
 
 
 def score_candidate(
-    candidate: Mapping[str, Mapping[str, float]], baseline: Mapping[str, Mapping[str, float]]
+    candidate: Mapping[str, Mapping[str, float]],
+    baseline: Mapping[str, Mapping[str, float]],
+    *,
+    cand_stressors: Mapping[str, Mapping[str, float]] | None = None,
+    base_stressors: Mapping[str, Mapping[str, float]] | None = None,
 ) -> float | None:
     """``score_v2`` from mean KPIs per regime (``{regime: {kpi: mean}}``) of candidate and baseline.
 
     Regimes without a baseline, or without throughput on either side, are not scored.
+    ``cand_stressors``/``base_stressors``: ``{regime: {stressor: mean bogo-ops/s}}`` (see ``score_regime``).
     """
-    return score_v2([score_regime(kpis, baseline[r]) for r, kpis in candidate.items() if r in baseline])
+    cs, bs = cand_stressors or {}, base_stressors or {}
+    return score_v2(
+        [
+            score_regime(kpis, baseline[r], cand_stressors=cs.get(r), base_stressors=bs.get(r))
+            for r, kpis in candidate.items()
+            if r in baseline
+        ]
+    )
 
 
 def improves_over_baseline(score_ci: tuple[float, float] | None) -> bool:

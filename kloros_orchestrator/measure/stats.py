@@ -16,14 +16,21 @@ from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Mapping, Sequence
-from typing import Final, Literal
+from collections.abc import Hashable, Mapping, Sequence
+from typing import Final, Literal, NamedTuple, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from kloros_orchestrator.measure.distributions import norm_cdf, t_ppf, t_sf, welch_ttest
-from kloros_orchestrator.measure.scoring import score_regime_array, score_terms
+from kloros_orchestrator.measure.scoring import (
+    score_regime,
+    score_regime_array,
+    score_terms,
+    stressor_ratio,
+    stressor_ratio_array,
+)
+from kloros_orchestrator.model import THROUGHPUT
 
 FloatArray = npt.NDArray[np.float64]
 ArrayLike = npt.ArrayLike
@@ -151,33 +158,170 @@ def kpi_cis(
     }
 
 
+Key = TypeVar("Key", bound=Hashable)
+Sides = Mapping[str, Mapping[str, ArrayLike]]  # {regime: {kpi or stressor: values}}
+
+
 def _replicate_means(
-    arrays: Mapping[str, FloatArray], rng: np.random.Generator, n_boot: int
-) -> dict[str, FloatArray]:
-    """Bootstrap means per KPI. KPIs with equally many values come from the same trials, so they
-    share one index draw: a trial's throughput and latency are resampled together."""
-    by_length: dict[int, list[str]] = {}
-    for kpi, arr in arrays.items():
-        by_length.setdefault(arr.size, []).append(kpi)
-    out: dict[str, FloatArray] = {}
-    for n, kpis in by_length.items():
+    arrays: Mapping[Key, FloatArray], rng: np.random.Generator, n_boot: int
+) -> dict[Key, FloatArray]:
+    """Bootstrap means per column. Columns with equally many values come from the same trials, so they
+    share one index draw: a trial's throughput, latency and stressor rates are resampled together."""
+    by_length: dict[int, list[Key]] = {}
+    for key, arr in arrays.items():
+        by_length.setdefault(arr.size, []).append(key)
+    out: dict[Key, FloatArray] = {}
+    for n, keys in by_length.items():
         if n == 1:
-            for kpi in kpis:
-                out[kpi] = np.full(n_boot, arrays[kpi][0])
+            for key in keys:
+                out[key] = np.full(n_boot, arrays[key][0])
             continue
         idx = rng.integers(0, n, size=(n_boot, n))
-        for kpi in kpis:
-            out[kpi] = arrays[kpi][idx].mean(axis=1)
+        for key in keys:
+            out[key] = arrays[key][idx].mean(axis=1)
     return out
 
 
+class _Regime(NamedTuple):
+    """One regime's columns, validated: ``("kpi", name)`` and ``("stressor", name)`` per side."""
+
+    cand: dict[tuple[str, str], FloatArray]
+    base: dict[tuple[str, str], FloatArray]
+    terms: tuple[str, ...]
+    point: float
+    per_stressor: bool
+
+
+def _columns(
+    regime: str, kpis: Mapping[str, ArrayLike], stressors: Mapping[str, ArrayLike] | None
+) -> dict[tuple[str, str], FloatArray]:
+    cols = {("kpi", k): _as_samples(v, f"{regime}/{k}") for k, v in kpis.items()}
+    cols.update({("stressor", s): _as_samples(v, f"{regime}/{s}") for s, v in (stressors or {}).items()})
+    return {key: a for key, a in cols.items() if a.size}
+
+
+def _names(cols: Mapping[tuple[str, str], FloatArray], kind: str) -> dict[str, FloatArray]:
+    return {name: a for (k, name), a in cols.items() if k == kind}
+
+
+def _prepare(
+    regime: str,
+    cand_cols: dict[tuple[str, str], FloatArray],
+    base_cols: dict[tuple[str, str], FloatArray],
+) -> _Regime | None:
+    """The terms and point score of one regime from its columns; None when it cannot be scored.
+
+    Per-stressor throughput needs, besides ``stressor_ratio``'s rule, one stressor value per
+    throughput value on each side (the same trials); otherwise the summed throughput is used.
+    """
+    cand_mean = {k: float(a.mean()) for k, a in _names(cand_cols, "kpi").items()}
+    base_mean = {k: float(a.mean()) for k, a in _names(base_cols, "kpi").items()}
+    terms = score_terms(cand_mean, base_mean)
+    if terms is None:
+        return None
+    cs, bs = _names(cand_cols, "stressor"), _names(base_cols, "stressor")
+    aligned = all(a.size == cand_cols["kpi", THROUGHPUT].size for a in cs.values()) and all(
+        a.size == base_cols["kpi", THROUGHPUT].size for a in bs.values()
+    )
+    cs_mean = {s: float(a.mean()) for s, a in cs.items()}
+    bs_mean = {s: float(a.mean()) for s, a in bs.items()}
+    per_stressor = aligned and stressor_ratio(cs_mean, bs_mean) is not None
+    point = score_regime(
+        cand_mean,
+        base_mean,
+        cand_stressors=cs_mean if per_stressor else None,
+        base_stressors=bs_mean if per_stressor else None,
+    )
+    keep = {("kpi", k) for k in terms}
+    if per_stressor:
+        keep |= {key for key in cand_cols if key[0] == "stressor"}
+    cand = {key: a for key, a in cand_cols.items() if key in keep}
+    base = {key: a for key, a in base_cols.items() if key in keep}
+    return _Regime(cand, base, terms, float(point or 0.0), per_stressor)
+
+
+def _regime_replicates(
+    reg: _Regime,
+    cand_reps: Mapping[tuple[str, str], FloatArray],
+    base_reps: Mapping[tuple[str, str], FloatArray],
+) -> FloatArray:
+    ratio = (
+        stressor_ratio_array(_names(cand_reps, "stressor"), _names(base_reps, "stressor"))
+        if reg.per_stressor
+        else None
+    )
+    return score_regime_array(_names(cand_reps, "kpi"), _names(base_reps, "kpi"), reg.terms, perf_ratio=ratio)
+
+
+def _paired_replicates(
+    reg: _Regime, regime: str, rng: np.random.Generator, n_boot: int
+) -> tuple[FloatArray, int]:
+    """Resample the regime's pairs: one index draw applied to every column of both sides."""
+    sizes = {a.size for a in (*reg.cand.values(), *reg.base.values())}
+    if len(sizes) != 1:
+        raise ValueError(f"{regime}: paired arrays need one value per pair on each side, got {sorted(sizes)}")
+    (n,) = sizes
+    idx = rng.integers(0, n, size=(n_boot, n)) if n > 1 else np.zeros((n_boot, 1), dtype=np.intp)
+    cand_reps = {key: a[idx].mean(axis=1) for key, a in reg.cand.items()}
+    base_reps = {key: a[idx].mean(axis=1) for key, a in reg.base.items()}
+    return _regime_replicates(reg, cand_reps, base_reps), n
+
+
+def _score_interval(
+    candidate: Sides,
+    baseline: Sides,
+    stressors: tuple[Sides | None, Sides | None],
+    *,
+    paired: bool,
+    rng: np.random.Generator,
+    n_boot: int,
+    level: float,
+) -> tuple[float, float]:
+    _check_params(n_boot, level)
+    cand_stressors, base_stressors = stressors[0] or {}, stressors[1] or {}
+    regime_scores: list[FloatArray] = []
+    point_scores: list[float] = []
+    sizes: list[int] = []
+    for regime, cand_raw in candidate.items():
+        base_raw = baseline.get(regime)
+        if base_raw is None:
+            continue
+        cand_cols = _columns(regime, cand_raw, cand_stressors.get(regime))
+        base_cols = _columns(regime, base_raw, base_stressors.get(regime))
+        reg = _prepare(regime, cand_cols, base_cols)
+        if reg is None:
+            continue
+        point_scores.append(reg.point)
+        if paired:
+            reps, n = _paired_replicates(reg, regime, rng, n_boot)
+            sizes.append(n)
+        else:
+            cand_reps = _replicate_means(reg.cand, rng, n_boot)
+            base_reps = _replicate_means(reg.base, rng, n_boot)
+            reps = _regime_replicates(reg, cand_reps, base_reps)
+            sizes.extend(a.size for a in (*reg.cand.values(), *reg.base.values()))
+        regime_scores.append(reps)
+    if not regime_scores:
+        raise ValueError("no regime can be scored: throughput absent on the candidate or baseline side")
+    point_score = sum(point_scores) / len(point_scores)
+    replicates = np.mean(np.stack(regime_scores), axis=0)
+    # A replicate whose baseline mean resampled to 0 has no finite ratio; it carries no information.
+    replicates = replicates[np.isfinite(replicates)]
+    if replicates.size == 0:
+        raise ValueError("no bootstrap replicate produced a finite score")
+    lo, hi = _interval(replicates, expanded_tail(min(sizes), level))
+    return (min(float(lo), point_score), max(float(hi), point_score))
+
+
 def score_ci(
-    candidate: Mapping[str, Mapping[str, ArrayLike]],
-    baseline: Mapping[str, Mapping[str, ArrayLike]],
+    candidate: Sides,
+    baseline: Sides,
     *,
     rng: np.random.Generator,
     n_boot: int = DEFAULT_N_BOOT,
     level: float = DEFAULT_LEVEL,
+    cand_stressors: Sides | None = None,
+    base_stressors: Sides | None = None,
 ) -> tuple[float, float]:
     """Bootstrap CI of ``score_v2`` from per-trial KPI values: ``{regime: {kpi: values}}`` per side.
 
@@ -187,41 +331,52 @@ def score_ci(
     least informed group sets the caution). A group with a single trial contributes no resampling
     variance. The interval contains the point score. Raises ValueError when no regime can be
     scored (check ``score_candidate(...) is not None`` first).
+
+    ``cand_stressors``/``base_stressors``: ``{regime: {stressor: bogo-ops/s per trial}}``, in the
+    same trial order as the KPI values. Where they qualify (``scoring.stressor_ratio``, and one value
+    per throughput value) the throughput term is the per-stressor geometric-mean ratio: a replicate
+    resamples trials, then takes each stressor's mean over the resampled trials.
     """
-    _check_params(n_boot, level)
-    regime_scores: list[FloatArray] = []
-    point_scores: list[float] = []
-    n_min: int | None = None
-    for regime, cand_raw in candidate.items():
-        base_raw = baseline.get(regime)
-        if base_raw is None:
-            continue
-        cand = {k: _as_samples(v, f"{regime}/{k}") for k, v in cand_raw.items()}
-        base = {k: _as_samples(v, f"{regime}/{k}") for k, v in base_raw.items()}
-        cand_mean = {k: float(a.mean()) for k, a in cand.items() if a.size}
-        base_mean = {k: float(a.mean()) for k, a in base.items() if a.size}
-        terms = score_terms(cand_mean, base_mean)
-        if terms is None:
-            continue
-        point = score_regime_array(
-            {k: np.asarray(cand_mean[k]) for k in terms}, {k: np.asarray(base_mean[k]) for k in terms}, terms
-        )
-        point_scores.append(float(point))
-        cand_reps = _replicate_means({k: cand[k] for k in terms}, rng, n_boot)
-        base_reps = _replicate_means({k: base[k] for k in terms}, rng, n_boot)
-        regime_scores.append(score_regime_array(cand_reps, base_reps, terms))
-        sizes = [cand[k].size for k in terms] + [base[k].size for k in terms]
-        n_min = min([*sizes, n_min] if n_min is not None else sizes)
-    if not regime_scores or n_min is None:
-        raise ValueError("no regime can be scored: throughput absent on the candidate or baseline side")
-    point_score = sum(point_scores) / len(point_scores)
-    replicates = np.mean(np.stack(regime_scores), axis=0)
-    # A replicate whose baseline mean resampled to 0 has no finite ratio; it carries no information.
-    replicates = replicates[np.isfinite(replicates)]
-    if replicates.size == 0:
-        raise ValueError("no bootstrap replicate produced a finite score")
-    lo, hi = _interval(replicates, expanded_tail(n_min, level))
-    return (min(float(lo), point_score), max(float(hi), point_score))
+    return _score_interval(
+        candidate,
+        baseline,
+        (cand_stressors, base_stressors),
+        paired=False,
+        rng=rng,
+        n_boot=n_boot,
+        level=level,
+    )
+
+
+def paired_score_ci(
+    candidate: Sides,
+    baseline: Sides,
+    *,
+    rng: np.random.Generator,
+    n_boot: int = DEFAULT_N_BOOT,
+    level: float = DEFAULT_LEVEL,
+    cand_stressors: Sides | None = None,
+    base_stressors: Sides | None = None,
+) -> tuple[float, float]:
+    """``score_ci`` for paired trials: within a regime, element i of every candidate and baseline
+    array (KPIs and stressors) comes from pair i (trials run side by side, e.g. PHASE's
+    (epoch, slice, replica)), so every array of a regime has one value per pair.
+
+    Each replicate resamples a regime's *pairs* and keeps both arms' trials of a pair together: what
+    a pair shares (drift, a noisy neighbour in that stretch) moves both sides of the ratio alike and
+    cancels, where the unpaired bootstrap counts it as noise of either side. The expanded tail uses
+    the smallest number of pairs in a scored regime. ValueError as ``score_ci``, and for arrays of
+    different lengths within a regime.
+    """
+    return _score_interval(
+        candidate,
+        baseline,
+        (cand_stressors, base_stressors),
+        paired=True,
+        rng=rng,
+        n_boot=n_boot,
+        level=level,
+    )
 
 
 def prob_better(

@@ -52,6 +52,8 @@ PACK_KEYS = [
     "same_as_current",
     "selected_from",
     "selection_ci",
+    "stressor_throughput",
+    "current_stressor_throughput",
 ]
 REGIME_KEYS = ["regime", "trials", "attempted", "failures", "kpis", "baseline", "delta", "ci95"]
 AGGREGATE_KEYS = [
@@ -236,14 +238,16 @@ def test_older_packs_load_with_defaults_and_unknown_keys_are_ignored(tmp_path: P
     path = tmp_path / "p.json"
     write_pack(path, pack(cand, stock))
     data = json.loads(path.read_text())
-    for later in ("lineage", "eliminated", "stress_ng_version"):
+    for later in ("lineage", "eliminated", "stress_ng_version", "stressor_throughput"):
         del data[later]
+    del data["current_stressor_throughput"]
     del data["aggregate"]["score_ci_note"]
     data["added_by_a_newer_version"] = {"x": 1}
     path.write_text(json.dumps(data))
     loaded = load_pack(path)
     assert loaded.lineage == {} and loaded.eliminated is None and loaded.stress_ng_version is None
     assert loaded.aggregate.score_ci_note is None
+    assert loaded.stressor_throughput == {} and loaded.current_stressor_throughput == {}
 
 
 def corruptions(p: CandidatePack) -> dict[str, CandidatePack]:
@@ -256,6 +260,10 @@ def corruptions(p: CandidatePack) -> dict[str, CandidatePack]:
         "aggregate.improves_over_baseline": replace(p, aggregate=replace(agg, improves_over_baseline=True)),
         f"regimes[0].ci95.{THROUGHPUT}": replace(p, regimes=[replace(reg, ci95={THROUGHPUT: (5.0, 1.0)})]),
         f"regimes[0].kpis.{P95}[1]": replace(p, regimes=[replace(reg, kpis={P95: [1.0, math.inf]})]),
+        "stressor_throughput.idle.cpu": replace(p, stressor_throughput={"idle": {"cpu": -1.0}}),
+        "current_stressor_throughput.mixed.vm": replace(
+            p, current_stressor_throughput={"mixed": {"cpu": 1.0, "vm": math.nan}}
+        ),
         # A type the Struct does not check on construction; the reader would refuse it.
         "generation": replace(p, generation="zero"),
     }
