@@ -1,27 +1,61 @@
 """Racing: evaluate candidates round by round and stop sampling the clear losers early.
 
 Theory of operation. Every round each surviving candidate gets one more noisy sample (in the
-daemon: one trial of each regime). Samples are *paired by round* — a round runs all survivors
-close together in time, so slow drifts of the machine hit them alike. After ``min_rounds`` the
-race fits an additive model ``sample = candidate effect + round effect + noise`` by least squares
-over every sample taken so far (losers' samples too: they still tell us the noise level), and
-takes the pooled residual variance σ̂² (df = samples − candidates − rounds + 1). A survivor ``c``
-is eliminated when it is statistically behind the current leader ``L`` (best mean):
+daemon: one trial of each regime, scored against the stock arm's trials of the same round).
+Samples are *paired by round* — a round runs all survivors close together in time, so slow drifts
+of the machine hit them alike, and every comparison below is between candidates' samples of the
+same rounds (differences, in which a round's shift cancels).
 
-    t = (mean_L − mean_c) / (σ̂ · sqrt(2 / n)),   one-sided p = P(T_df > t) < alpha.
+**With an indifference zone** (``indifference=δ``, the smallest difference worth acting on, and
+``confidence=1−α``) the race is Kim & Nelson's fully sequential procedure (KN, 2001) with c = 1:
+after round ``r ≥ n0`` (``n0 = min_rounds``) a survivor ``i`` is eliminated when, for the leader
+``l`` (best mean among the survivors),
 
-Pooling across candidates gives the test many degrees of freedom after two rounds, where a
-per-pair paired t-test would have one; the round effect removes machine drift. The incumbent is
-never eliminated by the test (its estimate should be as good as the winner's), only by a failed
-sample; when it is the only one left beside a leader that beats it significantly, the race is
-decided and ends.
+    mean_l(r) − mean_i(r) > W(r) = max(0, h²·S²/(2·δ·r) − δ/2),
+    h² = ν·((2α/(k−1))^(−2/ν) − 1)       (KN's 2·η·(n0−1), with ν degrees of freedom for n0−1),
 
-Measured by simulation (``tests/engine/test_engine_racing.py``; 8 candidates, gaussian noise σ,
-max_rounds = 10, 1000 races): with the others 1–2σ behind the best, 97.8 % correct selection
-using 40.5 % of the fixed-N=10 trials (fixed-N=4, the same cost, is right 88 % of the time); with
-the others 0.25–1σ behind, 61 % correct — the same as fixed-N=10 (61 %) — using 62 % of its
-trials. No procedure reaches 95 % there: telling a 0.25σ gap at 95 % takes ~90 samples per
-candidate. alpha = 0.1 trades to 95 % / 33 % and 55 % / 49 % respectively.
+``S²`` the variance of a paired difference between two candidates and ``k`` the candidates at the
+start. The race stops when one survivor is left (or the triangle closes, ``W = 0``: the means
+decide). At ``max_rounds`` it stops too, and survivors are not eliminated by the rule there: the
+winner is the best mean, and survivors whose mean is within δ of it are a tie broken by mean
+(:meth:`tied`, :meth:`verdict`).
+
+What differs from KN, and why. KN estimates ``S²_il`` per pair from the first ``n0`` rounds:
+with the daemon's ``n0 = 2`` that has 1 df, and ``h²`` for k = 6, α = 0.05 is ~2500 — the race
+would never eliminate anyone within ``max_rounds`` (3 in the daemon, 10 in the benchmarks). Here:
+
+1. *Pooled variance.* ``S² = 2·σ̂²``, where ``σ̂²`` is the residual variance of the additive model
+   ``sample = candidate effect + round effect + noise``, fitted by least squares over every sample
+   taken so far (eliminated candidates' too: they still tell the noise level), with
+   ``ν = samples − candidates − rounds + 1`` df — for a complete two-way table the pooled variance
+   of the pairwise differences, ``(k−1)(r−1)`` df. It assumes the noise variance is the same for
+   every candidate (one machine, one workload; KN allows unequal variances and any correlation).
+   With it, after ``n0 = 2`` rounds of 6 candidates ν = 5 and h² = 18.9 (ν → ∞: h² → 7.8).
+2. *Variance updating* (Pichitlamken, Nelson & Hong 2006; KN++ in Kim & Nelson 2006): ``σ̂²``,
+   ``ν`` and so ``h²`` are re-computed after every round instead of being frozen after ``n0``.
+3. *Truncation* at ``max_rounds``: best mean among the survivors (KN's own rule when the triangle
+   closes, taken earlier).
+
+Guarantee. With the first-stage pooled variance frozen (1 alone), KN's proof carries over exactly
+for normal, homoscedastic noise: the residual variance is independent of the candidate effects and
+``ν·σ̂²/σ² ~ χ²_ν``, which is all the bound ``P(eliminate the best) ≤ ½·E[exp(−h²·S²/(2·S²_true))]
+= α/(k−1)`` per pair uses — so P(select the best) ≥ 1−α whenever it leads the others by ≥ δ.
+Variance updating (2) keeps it asymptotically (δ → 0); the benchmark measures it at small n. The
+guarantee needs the triangle to close before the cap, i.e. ``max_rounds > h²·S²/δ²``; truncated
+earlier (3), the race is a fixed-N comparison of the survivors and is as good as its sample size
+(``bench/racing.py`` reports both). Candidates within δ of the best may be eliminated: the
+procedure promises a pick within δ, not to keep every near-tie alive.
+
+**Without an indifference zone** (``indifference=None``, as ``optimize()`` uses it: its
+objective has no unit to express δ in) the older rule: after ``min_rounds`` a survivor is
+eliminated when a one-sided t-test of (leader − survivor) on the same pooled σ̂² rejects at
+``α = 1 − confidence``; the race ends when one survivor is left or at ``max_rounds``. It selects
+the best of close candidates no more often than fixed-N sampling (the benchmark's "old rule").
+
+In both, the incumbent is never eliminated by the rule (its estimate should be as good as the
+winner's), only by a failed sample; when it is the only one left beside a leader that would have
+eliminated it, the race is decided and ends. State schema ``race.v2`` (``race.v1``, the old rule's,
+still loads and resumes under the old rule).
 
 Pure: no I/O, no clock, no randomness.
 """
@@ -36,7 +70,17 @@ import numpy as np
 
 from kloros_orchestrator.measure.distributions import t_sf
 
-__all__ = ["Race"]
+__all__ = ["Race", "kn_h2"]
+
+
+def _avg(values: Sequence[float]) -> float:
+    return sum(values) / len(values)  # np.mean costs ~10 µs on a handful of numbers
+
+
+def kn_h2(nu: int, k: int, confidence: float) -> float:
+    """KN's ``h²`` for a variance with ``nu`` df, ``k`` candidates, ``1 − α = confidence`` (c = 1)."""
+    alpha = 1.0 - confidence
+    return float(nu * ((2.0 * alpha / max(1, k - 1)) ** (-2.0 / nu) - 1.0))
 
 
 class Race:
@@ -49,7 +93,8 @@ class Race:
         incumbent: str | None,
         max_rounds: int,
         min_rounds: int = 2,
-        alpha: float = 0.05,
+        indifference: float | None = None,
+        confidence: float = 0.95,
     ) -> None:
         ids = [str(c) for c in cand_ids]
         if not ids:
@@ -62,13 +107,16 @@ class Race:
             raise ValueError(f"max_rounds must be >= 1, got {max_rounds}")
         if min_rounds < 2:
             raise ValueError(f"min_rounds must be >= 2 (a variance needs two samples), got {min_rounds}")
-        if not 0 < alpha < 1:
-            raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+        if not 0 < confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+        if indifference is not None and not (math.isfinite(indifference) and indifference > 0):
+            raise ValueError(f"indifference must be a positive number, got {indifference}")
         self.ids: tuple[str, ...] = tuple(ids)
         self.incumbent = incumbent
         self.max_rounds = max_rounds
         self.min_rounds = min_rounds
-        self.alpha = alpha
+        self.indifference = indifference
+        self.confidence = confidence
         self._samples: dict[str, list[float]] = {c: [] for c in ids}
         self._alive: list[str] = list(ids)
         self.eliminated: dict[str, str] = {}
@@ -76,6 +124,11 @@ class Race:
         self._round = 0  # completed rounds
         self._round_open = False  # a sample or failure was recorded since the last end_round()
         self._incumbent_beaten = False
+        self._closed = False  # KN's triangle closed (W = 0): the means decide, nothing more to learn
+
+    @property
+    def alpha(self) -> float:
+        return 1.0 - self.confidence
 
     # --- inspection ---------------------------------------------------------------------------
 
@@ -91,6 +144,8 @@ class Race:
             return True
         if len(self._alive) == 1:  # a lone survivor still finishes a round in progress
             return not self._round_open and len(self._samples[self._alive[0]]) >= 1
+        if self._closed and not self._round_open:
+            return True
         return self._incumbent_beaten and len(self._alive) == 2
 
     def survivors(self) -> list[str]:
@@ -108,11 +163,11 @@ class Race:
 
     def mean(self, cand_id: str) -> float | None:
         s = self._samples[self._known(cand_id)]
-        return float(np.mean(s)) if s else None
+        return _avg(s) if s else None
 
     def means(self) -> dict[str, float]:
         """Mean sample of every candidate that has one (eliminated ones included)."""
-        return {c: float(np.mean(s)) for c, s in self._samples.items() if s}
+        return {c: _avg(s) for c, s in self._samples.items() if s}
 
     def counts(self) -> dict[str, int]:
         return {c: len(s) for c, s in self._samples.items()}
@@ -126,6 +181,33 @@ class Race:
         """The survivor with the best mean (None when every candidate failed or none has a sample)."""
         ranked = self.ranking()
         return ranked[0] if ranked else None
+
+    def tied(self) -> list[str]:
+        """Survivors other than the winner whose mean is within δ of the winner's (by mean).
+
+        Non-empty only when the race ended with several survivors (at the cap, or the incumbent
+        kept beside its better): the procedure could not tell them apart by δ; the best mean won.
+        Empty without an indifference zone."""
+        ranked = self.ranking()
+        if self.indifference is None or len(ranked) < 2:
+            return []
+        best = _avg(self._samples[ranked[0]])
+        return [c for c in ranked[1:] if best - _avg(self._samples[c]) <= self.indifference]
+
+    def verdict(self) -> str:
+        """How the race was decided, in words (for logs and reports)."""
+        winner = self.race_winner()
+        if winner is None:
+            return "no winner: every candidate failed or none has a sample"
+        if len(self._alive) == 1:
+            return f"{winner}: the only survivor after {self._round} rounds"
+        tied = self.tied()
+        if tied and self.indifference is not None:
+            return (
+                f"{winner}: best mean after {self._round} rounds; {', '.join(tied)} within "
+                f"δ={self.indifference:g} of it (a tie, broken by mean)"
+            )
+        return f"{winner}: best mean of {len(self._alive)} survivors after {self._round} rounds"
 
     # --- events -------------------------------------------------------------------------------
 
@@ -164,24 +246,65 @@ class Race:
         self._round_open = False
         if self._round < self.min_rounds or len(self._alive) < 2:
             return []
-        return self._eliminate()
+        if self.indifference is None:
+            return self._eliminate_ttest()
+        if self._round >= self.max_rounds:  # the cap: a tie within δ, broken by mean (tied())
+            return []
+        return self._eliminate_kn(self.indifference)
 
-    # --- the rule -----------------------------------------------------------------------------
+    # --- the rules ----------------------------------------------------------------------------
 
-    def _eliminate(self) -> list[str]:
+    def allowance(self) -> tuple[float, float, int] | None:
+        """KN's ``(W, σ̂, ν)`` after the completed rounds; None without δ or without a variance."""
+        if self.indifference is None or self._round < 1:
+            return None
+        sigma2, df = self._pooled_variance()
+        if df <= 0:
+            return None
+        delta, r = self.indifference, self._round
+        h2 = kn_h2(df, len(self.ids), self.confidence)
+        w = max(0.0, h2 * 2.0 * sigma2 / (2.0 * delta * r) - delta / 2.0)
+        return w, math.sqrt(sigma2), df
+
+    def _eliminate_kn(self, delta: float) -> list[str]:
+        got = self.allowance()
+        if got is None:
+            return []
+        w, sd, df = got
+        leader = self.ranking()[0]
+        m_lead = _avg(self._samples[leader])
+        out: list[str] = []
+        self._incumbent_beaten = False
+        for c in list(self._alive):
+            gap = m_lead - _avg(self._samples[c])
+            if c == leader or gap <= w:
+                continue
+            if c == self.incumbent:
+                self._incumbent_beaten = True
+                continue
+            self._alive.remove(c)
+            self.eliminated[c] = (
+                f"behind {leader} after {self._round} rounds by {gap:.3g} (more than the allowance "
+                f"{w:.3g} at δ={delta:g}, {self.confidence:.0%} confidence; noise sd {sd:.3g}, {df} df)"
+            )
+            out.append(c)
+        self._closed = w == 0.0
+        return out
+
+    def _eliminate_ttest(self) -> list[str]:
         n = self._round
         sigma2, df = self._pooled_variance()
         if df <= 0:
             return []
         leader = self.ranking()[0]
-        m_lead = float(np.mean(self._samples[leader]))
+        m_lead = _avg(self._samples[leader])
         se = math.sqrt(2.0 * sigma2 / n)
         out: list[str] = []
         self._incumbent_beaten = False
         for c in list(self._alive):
             if c == leader:
                 continue
-            m = float(np.mean(self._samples[c]))
+            m = _avg(self._samples[c])
             diff = m_lead - m
             if se > 0:
                 t = diff / se
@@ -196,32 +319,31 @@ class Race:
             self._alive.remove(c)
             self.eliminated[c] = (
                 f"behind {leader} after {n} rounds: mean {m:.6g} vs {m_lead:.6g} "
-                f"(t={t:.2f}, df={df}, p={p:.3g} < alpha {self.alpha})"
+                f"(t={t:.2f}, df={df}, p={p:.3g} < alpha {self.alpha:.3g})"
             )
             out.append(c)
         return out
 
     def _pooled_variance(self) -> tuple[float, int]:
         """Residual variance and df of ``sample ~ candidate + round`` over all samples so far."""
-        cands = [c for c in self.ids if self._samples[c]]
-        rows = [(i, r, v) for i, c in enumerate(cands) for r, v in enumerate(self._samples[c])]
-        rounds = 1 + max(r for _, r, _ in rows)
-        design = np.zeros((len(rows), len(cands) + rounds - 1))
-        y = np.empty(len(rows))
-        for k, (i, r, v) in enumerate(rows):
-            design[k, i] = 1.0
-            if r > 0:  # round 0 is the reference level
-                design[k, len(cands) + r - 1] = 1.0
-            y[k] = v
+        series = [s for s in self._samples.values() if s]
+        lens = [len(s) for s in series]
+        y = np.fromiter((v for s in series for v in s), dtype=float, count=sum(lens))
+        cand = np.repeat(np.arange(len(series)), lens)
+        rnd = np.concatenate([np.arange(n) for n in lens])
+        design = np.zeros((y.size, len(series) + max(lens) - 1))
+        design[np.arange(y.size), cand] = 1.0
+        later = np.flatnonzero(rnd > 0)  # round 0 is the reference level
+        design[later, len(series) + rnd[later] - 1] = 1.0
         coef, _, rank, _ = np.linalg.lstsq(design, y, rcond=None)
-        df = len(rows) - int(rank)
+        df = y.size - int(rank)
         if df <= 0:
             return 0.0, 0
         resid = y - design @ coef
         return float(resid @ resid) / df, df
 
     def _rank_key(self, c: str) -> tuple[float, int, int]:
-        return (-float(np.mean(self._samples[c])), 0 if c == self.incumbent else 1, self.ids.index(c))
+        return (-_avg(self._samples[c]), 0 if c == self.incumbent else 1, self.ids.index(c))
 
     def _known(self, cand_id: str) -> str:
         if cand_id not in self._samples:
@@ -233,12 +355,13 @@ class Race:
     def state(self) -> dict[str, Any]:
         """JSON-able state so an interrupted tournament resumes after a restart."""
         return {
-            "schema": "race.v1",
+            "schema": "race.v2",
             "ids": list(self.ids),
             "incumbent": self.incumbent,
             "max_rounds": self.max_rounds,
             "min_rounds": self.min_rounds,
-            "alpha": self.alpha,
+            "indifference": self.indifference,
+            "confidence": self.confidence,
             "samples": {c: list(s) for c, s in self._samples.items()},
             "alive": list(self._alive),
             "eliminated": dict(self.eliminated),
@@ -246,18 +369,27 @@ class Race:
             "round": self._round,
             "round_open": self._round_open,
             "incumbent_beaten": self._incumbent_beaten,
+            "closed": self._closed,
         }
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Race:
-        if state.get("schema") != "race.v1":
-            raise ValueError(f"race state: unsupported schema {state.get('schema')!r}")
+        """Inverse of :meth:`state`; a ``race.v1`` state (the old rule, ``alpha``) resumes under it."""
+        schema = state.get("schema")
+        if schema == "race.v1":
+            indifference, confidence = None, 1.0 - float(state["alpha"])
+        elif schema == "race.v2":
+            delta = state["indifference"]
+            indifference, confidence = (None if delta is None else float(delta)), float(state["confidence"])
+        else:
+            raise ValueError(f"race state: unsupported schema {schema!r}")
         race = cls(
             state["ids"],
             incumbent=state["incumbent"],
             max_rounds=int(state["max_rounds"]),
             min_rounds=int(state["min_rounds"]),
-            alpha=float(state["alpha"]),
+            indifference=indifference,
+            confidence=confidence,
         )
         samples = state["samples"]
         if set(samples) != set(race.ids) or not set(state["alive"]) <= set(race.ids):
@@ -269,4 +401,5 @@ class Race:
         race._round = int(state["round"])
         race._round_open = bool(state.get("round_open", False))
         race._incumbent_beaten = bool(state["incumbent_beaten"])
+        race._closed = bool(state.get("closed", False))
         return race
