@@ -38,6 +38,9 @@ def format_status(s: dict[str, Any]) -> str:
     ]
     lines[3:3] = _best_lines(s.get("best") or {}) + _phase_lines(s.get("phase"))
     lines += _host_lines(s.get("host") or {}, s.get("backoff") or {})
+    problem = (s.get("contamination") or {}).get("problem")
+    if problem:
+        lines.append(f"contamination cannot be detected: {problem}")
     return "\n".join(lines)
 
 
@@ -58,6 +61,10 @@ def _tournament(s: dict[str, Any], t: dict[str, Any]) -> str:
     lead = t.get("leader")
     if lead:
         text += f"; leader {lead['cand_id']} {lead['mean_score']:+.1%} vs the stock arm"
+    if t.get("contaminated_rounds"):
+        text += f"; {t['contaminated_rounds']} contaminated round(s) dropped"
+    if t.get("stopped"):
+        text += f"; stopped: {t['stopped']}"
     return text
 
 

@@ -50,7 +50,7 @@ from kloros_orchestrator.runtime.records import (
     format_duration,
     iso,
 )
-from kloros_orchestrator.runtime.tournament import Tournament
+from kloros_orchestrator.runtime.tournament import Tournament, TournamentOutcome
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.store import StatePaths
 
@@ -431,6 +431,7 @@ class DreamLoop:
             max_parallel=self.cfg.max_parallel,
             trial_seconds=seconds,
             on_status=self.on_status,
+            contamination=self.cfg.contamination,
         )
         self.report(TournamentStarted(name, gen, now=self.clock()))
         if self.on_status is not None:
@@ -441,6 +442,10 @@ class DreamLoop:
             f" (a first look: {seconds:g} s trials)" if gen == 0 and look is not None and seconds else "",
         )  # fmt: skip
         out = await t.run()
+        self._record_contaminated(name, gen, out)
+        if out.busy is not None:
+            self._not_concluded(s, gen, out.busy)
+            return None
         for cid, why in out.race.eliminated.items():
             self.events.record("race_eliminated", domain=name, generation=gen, cand_id=cid, reason=why)
         rng = np.random.default_rng(seed_of(self.settings.seed, name, gen, "bootstrap"))
@@ -469,6 +474,29 @@ class DreamLoop:
         logger.info("tournament {} gen {} done in {}: {}", name, gen, took, said["text"])
         self.report(TournamentDone(name, gen, now=self.clock()))
         return out.all_failed()
+
+    def _record_contaminated(self, name: str, gen: int, out: TournamentOutcome) -> None:
+        """One ``round_contaminated`` event per dropped round, naming every trial it dropped."""
+        for c in out.contaminated:
+            trials = [
+                {"arm": arm, "regime": t.regime, "started_at": t.started_at, "outside_cpu": t.outside_cpu}
+                for arm, t in c.trials
+            ]
+            self.events.record(
+                "round_contaminated", domain=name, generation=gen, round=c.round, trials=trials
+            )
+
+    def _not_concluded(self, s: DomainSearch, gen: int, why: str) -> None:
+        """A tournament stopped because the host was too busy: nothing of it is concluded (no pack, no
+        baseline, no hall of fame, the engine not told). The engine goes back to its snapshot from
+        before the tournament, so the same generation is asked again next time; the last verdict stands,
+        and status says why this one stopped (``tournament.stopped``; README, "Contaminated rounds")."""
+        name = s.domain.name
+        s.engine = Evolution.from_state(s.committed)
+        self.progress.tournaments += 1
+        self.events.record("tournament_not_concluded", domain=name, generation=gen, reason=why)
+        self.checkpoint()
+        self.report(TournamentDone(name, gen, now=self.clock()))
 
     # --- PHASE's side -----------------------------------------------------------------------------
 

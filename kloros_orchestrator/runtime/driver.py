@@ -201,6 +201,7 @@ class Daemon:
             exe=self.stress_ng,
             on_spawn=lambda pid: self.notifier.status(f"{self.coord.state}: workload pid {pid} running"),
             on_trial=self._log_trial,
+            outside_cpu_limit=self.cfg.dream.contamination.outside_cpu,
         )
         self.schedule = Schedule(
             self.cfg.phase.window.start,
@@ -266,6 +267,7 @@ class Daemon:
                 seed=self.cfg.seed,
                 n_boot=self.cfg.bootstrap_samples,
                 regime_seconds=seconds,
+                contamination=self.cfg.dream.contamination,
             ),
             evaluator=self.evaluator,
             phase_dir=self.paths.phase,

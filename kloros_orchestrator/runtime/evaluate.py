@@ -8,6 +8,11 @@ infinity) is no measurement and fails the trial with its reason. A failed, short
 trial is returned as ``ok=False`` with its reason; its numbers are never used. So is a trial whose
 knobs were rewritten under it (read back right after ``apply`` and again once the workload ended):
 its failure starts with :data:`DRIFT_PREFIX` (see :func:`is_drift`).
+
+Every trial also records ``outside_cpu``: the share of the host's CPU capacity that processes outside
+the daemon's own tree used while its workload ran (``runtime/outside_load.py``; None when the host
+cannot tell). Above ``outside_cpu_limit`` the trial is ``contaminated``: D-REAM and PHASE re-run its
+round and never score it. The evaluator only measures and marks; the re-running is theirs.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from kloros_orchestrator.measure.stressng_output import (
     total_rate,
 )
 from kloros_orchestrator.model import TEMP, THROUGHPUT, Genome, TrialResult
+from kloros_orchestrator.runtime.outside_load import OutsideMeter
 from kloros_orchestrator.runtime.workloads import run_stress_ng
 from kloros_orchestrator.spica.base import SpicaDomain
 
@@ -83,6 +89,8 @@ async def read_back(domain: SpicaDomain, genome: Genome) -> None:
 class TrialCounters:
     trials: int = 0
     failed_trials: int = 0
+    contaminated_trials: int = 0  # trials run under outside CPU load above the threshold
+    outside_cpu_problem: str | None = None  # why outside load cannot be measured (status says so)
 
 
 @dataclass
@@ -98,9 +106,18 @@ class Evaluator:
     on_trial: Callable[[TrialResult], None] | None = None
     on_spawn: Callable[[int], object] | None = None  # called with the workload's pid once it runs
     clock: Callable[[], float] = time.time
+    # A trial whose outside CPU share exceeds this is contaminated (dream.contamination.outside_cpu);
+    # None: trials are measured but never marked.
+    outside_cpu_limit: float | None = None
+    outside: OutsideMeter = field(default_factory=OutsideMeter)
 
     def missing_reasons(self) -> dict[str, str]:
         return dict(self.sensors.missing)
+
+    def is_contaminated(self, outside_cpu: float | None) -> bool:
+        """Whether a trial with this outside CPU share ran on a host too busy to trust (unknown: no)."""
+        limit = self.outside_cpu_limit
+        return outside_cpu is not None and limit is not None and outside_cpu > limit
 
     async def run_trial(
         self,
@@ -118,6 +135,7 @@ class Evaluator:
         t0 = time.monotonic()
         placed: list[tuple[int, ...] | None] = [None]
         rates: dict[str, float] = {}  # filled by _measure: each workload stressor's bogo-ops/s
+        outside: list[float | None] = [None]  # filled by _measure: outside CPU share during the workload
 
         def result(
             ok: bool,
@@ -130,16 +148,19 @@ class Evaluator:
                 failure=failure[:600] if failure else None, cap_breach=cap_breach,
                 wall_s=time.monotonic() - t0, started_at=started, cpus=placed[0],
                 stressor_ops=rates if ok else {},
+                outside_cpu=outside[0], contaminated=self.is_contaminated(outside[0]),
             )  # fmt: skip
             self.counters.trials += 1
             self.counters.failed_trials += 0 if ok else 1
+            self.counters.contaminated_trials += int(res.contaminated)
+            self.counters.outside_cpu_problem = self.outside.problem
             if self.on_trial is not None:
                 self.on_trial(res)
             return res
 
         try:
             kpis, breach = await self._measure(
-                domain, genome, regime, cand_id, duration_s, cpus, placed, rates
+                domain, genome, regime, cand_id, duration_s, cpus, placed, rates, outside
             )
         except WorkloadFailed as e:
             logger.warning("trial failed: {} {} {}: {}", domain.name, cand_id, regime, e)
@@ -169,6 +190,7 @@ class Evaluator:
         cpus: tuple[int, ...] | None,
         placed: list[tuple[int, ...] | None],
         rates: dict[str, float],
+        outside: list[float | None],
     ) -> tuple[dict[str, float], list[str]]:
         """Apply, run with live cap checks, extract KPIs; returns (kpis, cap breaches)."""
         # Knob writes can block (a slow sysfs file, an external tool): never on the event loop.
@@ -182,6 +204,7 @@ class Evaluator:
         sampler = TrialSampler(self.sensors)
         caps = self.caps.get(domain.name, {})
         breach: list[str] = []
+        mark = await anyio.to_thread.run_sync(self.outside.mark)
         sampler.start(self.clock())
         run = None
         failed: WorkloadFailed | ToolMissing | None = None
@@ -211,6 +234,7 @@ class Evaluator:
                 failed = e
             tg.cancel_scope.cancel()
         sensor_kpis = sampler.finish(self.clock())
+        outside[0] = await anyio.to_thread.run_sync(self.outside.share, mark)
         # First: numbers (and breaches) measured under someone else's settings say nothing of this genome.
         await read_back(domain, genome)
         if breach:

@@ -8,6 +8,14 @@ window closes anyway the run stops at a trial boundary and keeps what it measure
 ``phase/worker.py``), then the results are written (``phase/<run_id>/phase_results.json``,
 ``phase/latest``, the flag file) and returned. Handing them to D-REAM is not this class's business:
 the driver reports ``PhaseComplete``, and the coordinator's ``CollapseResults`` does the rest.
+
+A replica (every arm's trial of one epoch × slice × replica, the trials the analysis pairs) with a
+contaminated trial (outside CPU load above ``dream.contamination.outside_cpu``) starts no further
+trial, is dropped — its trials stay in ``trials.jsonl``, never in the analysis — and is run again,
+at most ``dream.contamination.max_reruns`` times per replica. A replica still contaminated after
+that stops the run at once ("host too busy"), like a window closing: what was measured clean is
+kept, with ``complete: false`` and the reason in ``stopped_reason``. The bound is per replica, not
+per window: a window lasts hours, and a few minutes of someone else's job must not end it.
 """
 
 from __future__ import annotations
@@ -15,7 +23,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -24,10 +32,10 @@ import anyio
 import msgspec
 from loguru import logger
 
-from kloros_orchestrator.config import PhaseConfig
+from kloros_orchestrator.config import ContaminationConfig, PhaseConfig
 from kloros_orchestrator.core.coordinator import StartPhase
 from kloros_orchestrator.errors import KlorosError
-from kloros_orchestrator.model import STOCK_ARM, Genome
+from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
 from kloros_orchestrator.phase.qtime import QtimeSpec, Slot, fit_plan
 from kloros_orchestrator.phase.records import DomainData, PhaseData, TrialRecord, VariantInfo
 from kloros_orchestrator.phase.results import PhaseResults, Qtime, ResultsWindow, TrialCounts, write_results
@@ -80,6 +88,7 @@ class PhaseSettings:
     seed: int
     n_boot: int
     regime_seconds: Mapping[str, Mapping[str, float]]  # domain -> regime -> configured duration
+    contamination: ContaminationConfig = field(default_factory=ContaminationConfig)  # same bound as D-REAM
 
 
 @dataclass(frozen=True)
@@ -96,6 +105,22 @@ class _Measured:
     failed: int = 0
     complete: bool = True
     stopped: str | None = None
+    contaminated: int = 0  # replicas dropped for outside load
+
+
+def replicas(slots: list[Slot]) -> list[list[Slot]]:
+    """The plan cut into replicas: consecutive slots of one (epoch, domain, regime, replica)."""
+
+    def key(s: Slot) -> tuple[int, str, str, int]:
+        return (s.epoch, s.domain, s.regime, s.replica)
+
+    out: list[list[Slot]] = []
+    for slot in slots:
+        if out and key(out[-1][0]) == key(slot):
+            out[-1].append(slot)
+        else:
+            out.append([slot])
+    return out
 
 
 class PhaseRunner:
@@ -204,39 +229,85 @@ class PhaseRunner:
         """Every slot in plan order, stopping at a trial boundary when the window would close first."""
         m = _Measured(records={name: [] for name in subjects})
         t0 = time.monotonic()
+        total = [len(slots)]  # grows by a replica's length with each re-run
         try:
-            for slot in slots:
-                if self.clock() + self.trial_seconds(slot.domain, slot.regime) + TRIAL_OVERHEAD_S > end:
-                    m.complete, m.stopped = False, "the window closed before the plan finished"
-                    logger.warning("PHASE {}: {}; keeping the {} trials measured", run_id, m.stopped, m.done)
+            for group in replicas(slots):
+                for attempt in range(self.settings.contamination.max_reruns + 1):
+                    kept, dirty = await self._replica(group, subjects, end, run_id, m, t0, total)
+                    if dirty is None:
+                        m.records[group[0].domain].extend(kept)  # clean (or cut short by the window)
+                        break
+                    m.contaminated += 1
+                    self._note_contaminated(run_id, group[0], dirty, attempt)
+                    if attempt < self.settings.contamination.max_reruns:
+                        total[0] += len(group)  # the status total grows by the re-run
+                        if self.progress is not None:
+                            self.progress["total"] = total[0]
+                else:
+                    assert dirty is not None
+                    m.complete, m.stopped = False, f"host too busy: {self._why(group[0], dirty)}"
+                    logger.warning("PHASE {}: stopped: {}; keeping the {} trials measured clean", run_id,
+                                   m.stopped, sum(len(r) for r in m.records.values()))  # fmt: skip
+                if not m.complete:
                     break
-                dom, stock, variants = subjects[slot.domain]
-                genome = stock if slot.variant_id == STOCK_ARM else variants[slot.variant_id].genome
-                self._note_slot(slot, m.done, len(slots), t0)
-                if self.on_status is not None:
-                    self.on_status(f"PHASE {run_id} trial {m.done + 1}/{len(slots)}")
-                tr = await self.evaluator.run_trial(
-                    dom,
-                    genome,
-                    slot.regime,
-                    cand_id=slot.variant_id,
-                    duration_s=self.settings.phase.trial_seconds,
-                )
-                m.failed += 0 if tr.ok else 1
-                m.records[slot.domain].append(
-                    TrialRecord.from_trial(
-                        tr, epoch=slot.epoch, variant_id=slot.variant_id, replica=slot.replica
-                    )
-                )
-                m.done += 1
-                if self.progress is not None:
-                    self.progress["done"] = m.done
         finally:
             with anyio.CancelScope(shield=True):
                 for name, (dom, _, _) in subjects.items():
                     for problem in await anyio.to_thread.run_sync(dom.restore):
                         logger.error("restore after PHASE {}: {}", name, problem)
         return m
+
+    async def _replica(
+        self, group: list[Slot], subjects: Subjects, end: float, run_id: str, m: _Measured, t0: float,
+        total: list[int],
+    ) -> tuple[list[TrialRecord], TrialResult | None]:  # fmt: skip
+        """Run one replica's slots in plan order: its records, and the trial that contaminated it (then
+        no further slot is run). A window about to close stops it with ``m.complete`` False."""
+        kept: list[TrialRecord] = []
+        for slot in group:
+            if self.clock() + self.trial_seconds(slot.domain, slot.regime) + TRIAL_OVERHEAD_S > end:
+                m.complete, m.stopped = False, "the window closed before the plan finished"
+                logger.warning("PHASE {}: {}; keeping the {} trials measured", run_id, m.stopped, m.done)
+                break
+            dom, stock, variants = subjects[slot.domain]
+            genome = stock if slot.variant_id == STOCK_ARM else variants[slot.variant_id].genome
+            self._note_slot(slot, m.done, total[0], t0)
+            if self.on_status is not None:
+                self.on_status(f"PHASE {run_id} trial {m.done + 1}/{total[0]}")
+            tr = await self.evaluator.run_trial(
+                dom,
+                genome,
+                slot.regime,
+                cand_id=slot.variant_id,
+                duration_s=self.settings.phase.trial_seconds,
+            )
+            m.failed += 0 if tr.ok else 1
+            m.done += 1
+            if self.progress is not None:
+                self.progress["done"] = m.done
+            if tr.contaminated:
+                return kept, tr
+            kept.append(
+                TrialRecord.from_trial(tr, epoch=slot.epoch, variant_id=slot.variant_id, replica=slot.replica)
+            )
+        return kept, None
+
+    def _why(self, slot: Slot, tr: TrialResult) -> str:
+        limit = self.settings.contamination.outside_cpu
+        return (
+            f"outside CPU {tr.outside_cpu or 0.0:.0%} of the host > {limit:.0%} during {tr.cand_id} in "
+            f"{slot.domain} {slot.regime} (epoch {slot.epoch + 1}, replica {slot.replica + 1})"
+        )
+
+    def _note_contaminated(self, run_id: str, slot: Slot, tr: TrialResult, attempt: int) -> None:
+        """Log and record a dropped replica; the status total grows by the re-run."""
+        limit = self.settings.contamination.max_reruns
+        again = f"re-run {attempt + 1} of at most {limit}" if attempt < limit else "not re-run"
+        logger.warning("PHASE {}: replica contaminated ({}): dropped; {}", run_id, self._why(slot, tr), again)
+        self.events.record(
+            "replica_contaminated", run_id=run_id, domain=slot.domain, epoch=slot.epoch, regime=slot.regime,
+            replica=slot.replica, cand_id=tr.cand_id, outside_cpu=tr.outside_cpu, started_at=tr.started_at,
+        )  # fmt: skip
 
     def _note_slot(self, slot: Slot, done: int, total: int, t0: float) -> None:
         """Where the window is (epoch, slice = regime, replica, arm) and the time left, for status."""

@@ -237,6 +237,8 @@ class Progress:
     regime: str | None = None
     leader: dict[str, Any] | None = None  # {cand_id, mean_score, rounds}
     trial_wall_s: float | None = None  # mean wall time of this tournament's trials so far
+    contaminated_rounds: int = 0  # rounds of this tournament re-run under outside CPU load
+    stopped: str | None = None  # why this tournament stopped early (host too busy), else None
     best: dict[str, dict[str, Any]] = field(default_factory=dict)  # domain -> its latest verdict
 
     def eta_s(self) -> float | None:

@@ -32,6 +32,8 @@ def tournament_status(pr: Progress) -> dict[str, Any]:
         "regime": pr.regime,
         "leader": pr.leader,
         "eta_s": _rounded(pr.eta_s()),
+        "contaminated_rounds": pr.contaminated_rounds,  # re-run under outside load (README)
+        "stopped": pr.stopped,  # why the tournament stopped early ("host too busy: ..."), else None
     }
 
 
@@ -48,6 +50,12 @@ def work_status(pr: Progress, counters: TrialCounters) -> dict[str, Any]:
             "tournaments": pr.tournaments,
             "trials": counters.trials,
             "failed_trials": counters.failed_trials,
+            "contaminated_trials": counters.contaminated_trials,
+        },
+        # README "Contaminated rounds": without /proc/stat no round can be told contaminated.
+        "contamination": {
+            "detectable": counters.outside_cpu_problem is None,
+            "problem": counters.outside_cpu_problem,
         },
     }
 

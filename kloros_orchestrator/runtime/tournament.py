@@ -13,6 +13,14 @@ set; system-scoped domains always run one trial at a time (two candidates would 
 A trial failing as ``knob drift`` (another tool rewrote a knob under it) is kept in
 ``TournamentOutcome.drift``; at :data:`DRIFT_LIMIT` of them the tournament starts no further trial
 (those in flight finish, the partial round is not raced) rather than fighting the other tool.
+
+A round with a contaminated trial (outside CPU load above ``dream.contamination.outside_cpu`` while it
+ran, see ``runtime/outside_load.py``) says nothing reliable about any arm in it: it starts no further
+trial, its trials are dropped from the outcome (they stay in ``trials.jsonl``; the outcome lists them
+in ``contaminated``), and the round is run again with a fresh order. A round's trials therefore reach
+``results`` only once the round has finished clean, so no score, pack, race or claim ever sees them.
+After ``max_reruns`` re-runs the next contaminated round stops the tournament ("host too busy"),
+like a drift stop; D-REAM then does not conclude it (``TournamentOutcome.busy``).
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ import anyio
 import numpy as np
 from loguru import logger
 
+from kloros_orchestrator.config import ContaminationConfig
 from kloros_orchestrator.engine import Candidate, Race
 from kloros_orchestrator.measure.packs import round_score
 from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
@@ -36,6 +45,19 @@ from kloros_orchestrator.spica.base import SpicaDomain
 
 ArmResults = dict[str, list[TrialResult]]  # regime -> trials of one arm
 DRIFT_LIMIT: Final = 3  # knob-drift failures after which a tournament stops starting trials
+
+
+@dataclass(frozen=True)
+class ContaminatedRound:
+    """A round dropped for outside load: which round it was, and every trial it ran (none is used)."""
+
+    round: int  # 1-based, the round it was meant to be
+    trials: list[tuple[str, TrialResult]]  # (arm, trial), in the order they finished
+
+    @property
+    def worst(self) -> TrialResult:
+        """The trial with the most outside load (the one to name in a log line)."""
+        return max((t for _, t in self.trials), key=lambda t: t.outside_cpu or 0.0)
 
 
 def cpu_slices(cpu_ids: tuple[int, ...], k: int) -> list[tuple[int, ...]]:
@@ -56,6 +78,8 @@ class TournamentOutcome:
     unsafe: dict[str, list[str]] = field(default_factory=dict)
     duration_s: float = 0.0
     drift: list[str] = field(default_factory=list)  # failure texts of the trials failed as knob drift
+    contaminated: list[ContaminatedRound] = field(default_factory=list)  # dropped rounds, in order
+    busy: str | None = None  # "host too busy: ..." when contaminated rounds stopped the tournament
 
     @property
     def drift_stopped(self) -> bool:
@@ -92,9 +116,12 @@ class Tournament:
     max_parallel: int = 1
     trial_seconds: float | None = None
     on_status: Callable[[str], object] | None = None  # one-line status (sd_notify)
+    contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
 
     def __post_init__(self) -> None:
         self._walls: list[float] = []  # wall times of this tournament's trials (the ETA)
+        # The running round's trials, (arm, regime, trial): they reach the results once it ends clean.
+        self._pending: list[tuple[str, str, TrialResult]] = []
         self.arms: dict[str, Genome] = {
             STOCK_ARM: self.stock,
             **{c.cand_id: c.genome for c in self.candidates},
@@ -117,19 +144,25 @@ class Tournament:
         out, pr = self.outcome, self.progress
         pr.tournament_done, pr.round, pr.rounds = 0, 0, self.trials
         pr.tournament_total = len(self.arms) * len(out.regimes) * self.trials
-        pr.leader, pr.trial_wall_s = None, None
+        pr.leader, pr.trial_wall_s, pr.contaminated_rounds, pr.stopped = None, None, 0, None
         t0 = time.monotonic()
         try:
-            for rnd in range(self.trials):
+            rnd = 0
+            while rnd < self.trials:
                 pr.round = rnd + 1
                 await self._round()
+                if not self._round_contaminated():
+                    self._commit_round()
+                elif self._drop_round(rnd + 1):
+                    continue  # the same round again
                 if out.drift_stopped:
                     self._stop_on_drift()
                     break
+                if out.busy is not None:
+                    break
                 self._race_round()
-                alive = [c for c in out.race.survivors() if c not in out.unsafe]
-                left = self.trials - rnd - 1
-                pr.tournament_total = pr.tournament_done + left * len(out.regimes) * (1 + len(alive))
+                rnd += 1
+                self._plan_total(self.trials - rnd)
                 self._log_round()
         finally:
             pr.arm = pr.regime = None
@@ -147,7 +180,7 @@ class Tournament:
         self.rng.shuffle(order)
         width = len(self.slices)
         for i in range(0, len(order), width):
-            if out.drift_stopped:
+            if out.drift_stopped or self._round_contaminated():
                 return
             batch = list(zip(order[i : i + width], self.slices, strict=False))
             if len(batch) == 1:
@@ -171,12 +204,62 @@ class Tournament:
         )
         self._walls.append(tr.wall_s)
         pr.trial_wall_s = sum(self._walls) / len(self._walls) / len(self.slices)  # parallel trials overlap
-        self.outcome.results[arm][regime].append(tr)
+        self._pending.append((arm, regime, tr))
+        # A breach is a safety fact even under outside load: the arm stays unsafe (conservative).
         if tr.cap_breach:
             self.outcome.unsafe.setdefault(arm, []).append(f"{regime}: {tr.cap_breach}")
         if is_drift(tr):
             self.outcome.drift.append(tr.failure or "")
         pr.tournament_done += 1
+
+    def _round_contaminated(self) -> bool:
+        return any(tr.contaminated for _, _, tr in self._pending)
+
+    def _commit_round(self) -> None:
+        """A clean round's trials join the results (and through them every score and pack)."""
+        for arm, regime, tr in self._pending:
+            self.outcome.results[arm][regime].append(tr)
+        self._pending = []
+
+    def _plan_total(self, rounds_left: int) -> None:
+        """The exact total for status: trials done plus the rounds left for the arms still racing."""
+        out = self.outcome
+        alive = [c for c in out.race.survivors() if c not in out.unsafe]
+        per_round = len(out.regimes) * (1 + len(alive))
+        self.progress.tournament_total = self.progress.tournament_done + rounds_left * per_round
+
+    def _drop_round(self, rnd: int) -> bool:
+        """Drop the running round's trials; True when it is to be run again, False when the tournament
+        stops because the host is too busy (more than ``max_reruns`` contaminated rounds)."""
+        out, pr, limit = self.outcome, self.progress, self.contamination
+        dropped = ContaminatedRound(round=rnd, trials=[(a, tr) for a, _, tr in self._pending])
+        self._pending = []
+        out.contaminated.append(dropped)
+        pr.contaminated_rounds = len(out.contaminated)
+        if out.drift_stopped:
+            return False  # the drift stop ends the tournament anyway
+        worst = dropped.worst
+        why = (
+            f"outside CPU {worst.outside_cpu or 0.0:.0%} of the host > {limit.outside_cpu:.0%} during "
+            f"{worst.cand_id} in {worst.regime}"
+        )
+        if len(out.contaminated) <= limit.max_reruns:
+            self._plan_total(self.trials - rnd + 1)
+            logger.warning(
+                "{} gen {} round {}/{} contaminated ({}): its {} trial(s) dropped; re-run {} of at most {}",
+                self.domain.name, pr.generation, rnd, self.trials, why, len(dropped.trials),
+                len(out.contaminated), limit.max_reruns,
+            )  # fmt: skip
+            return True
+        out.busy = (
+            f"host too busy: {len(out.contaminated)} contaminated round(s) in this tournament, "
+            f"the last at round {rnd}/{self.trials} ({why})"
+        )
+        pr.tournament_total, pr.stopped = pr.tournament_done, out.busy
+        logger.warning(
+            "tournament {} gen {} stopped: {}; it is not concluded", self.domain.name, pr.generation, out.busy
+        )
+        return False
 
     def _log_round(self) -> None:
         """One INFO line per finished round: trials, eliminations, the race leader, the time left."""
@@ -224,4 +307,4 @@ class Tournament:
                 logger.info("race: {} eliminated: {}", c, race.eliminated.get(c))
 
 
-__all__ = ["DRIFT_LIMIT", "ArmResults", "Tournament", "TournamentOutcome", "cpu_slices"]
+__all__ = ["DRIFT_LIMIT", "ArmResults", "ContaminatedRound", "Tournament", "TournamentOutcome", "cpu_slices"]

@@ -179,7 +179,8 @@ class FakeRunner:
 
     Hooks, each given the :class:`TrialCall`: ``fail`` returns a failure reason (the trial fails as
     the real evaluator reports it), ``breach`` returns a cap-breach text, ``crash`` returns an
-    exception to raise out of ``run_trial`` (a bug, not a failed trial).
+    exception to raise out of ``run_trial`` (a bug, not a failed trial), ``outside`` returns the
+    trial's outside CPU share (contaminated above ``outside_cpu_limit``, as the real evaluator marks it).
     """
 
     clock: FakeClock = field(default_factory=FakeClock)
@@ -190,6 +191,8 @@ class FakeRunner:
     fail: Hook | None = None
     breach: Hook | None = None
     crash: Callable[[TrialCall], BaseException | None] | None = None
+    outside: Callable[[TrialCall], float | None] | None = None
+    outside_cpu_limit: float = 0.25
     missing: dict[str, str] = field(
         default_factory=lambda: {
             TEMP: "no thermal sensor on the fake host",
@@ -238,14 +241,16 @@ class FakeRunner:
         self.clock.advance(spec.duration_s + self.overhead_s)
         if self.crash is not None and (exc := self.crash(call)) is not None:
             raise exc
+        load = self.outside(call) if self.outside is not None else None
         if self.fail is not None and (reason := self.fail(call)) is not None:
-            return self._result(domain, cand_id, regime, started, cpus, failure=reason)
+            return self._result(domain, cand_id, regime, started, cpus, failure=reason, outside=load)
         kpis = self._kpis(domain, genome, regime)
         if self.breach is not None and (text := self.breach(call)) is not None:
             return self._result(
-                domain, cand_id, regime, started, cpus, kpis, failure=f"cap breach: {text}", breach=text
-            )
-        return self._result(domain, cand_id, regime, started, cpus, kpis)
+                domain, cand_id, regime, started, cpus, kpis, failure=f"cap breach: {text}", breach=text,
+                outside=load,
+            )  # fmt: skip
+        return self._result(domain, cand_id, regime, started, cpus, kpis, outside=load)
 
     def _kpis(self, domain: SpicaDomain, genome: Genome, regime: str) -> dict[str, float]:
         e = self.effect(genome)
@@ -271,13 +276,17 @@ class FakeRunner:
         *,
         failure: str | None = None,
         breach: str | None = None,
+        outside: float | None = None,
     ) -> TrialResult:
         ok = failure is None
+        contaminated = outside is not None and outside > self.outside_cpu_limit
         self.counters.trials += 1
         self.counters.failed_trials += 0 if ok else 1
+        self.counters.contaminated_trials += int(contaminated)
         return TrialResult(
             domain=domain.name, cand_id=cand_id, regime=regime, ok=ok, kpis=kpis or {},
             failure=failure, cap_breach=breach, wall_s=self.clock() - started, started_at=started, cpus=cpus,
+            outside_cpu=outside, contaminated=contaminated,
         )  # fmt: skip
 
     def calls_of(self, cand_id: str) -> list[TrialCall]:

@@ -310,7 +310,10 @@ async def test_status_over_the_socket_has_every_contract_field(rig: Rig) -> None
     assert st["pacing"]["last_sleep_s"] >= 600 and st["pacing"]["reason"]
     assert st["domains"][DOMAIN] == "ok" and st["domains"]["cpu"] == "disabled"
     assert st["pid"] == os.getpid() and st["uptime_s"] == 12.5
-    assert st["counters"] == {"tournaments": 1, "trials": rig.runner.counters.trials, "failed_trials": 0}
+    assert st["counters"] == {
+        "tournaments": 1, "trials": rig.runner.counters.trials, "failed_trials": 0, "contaminated_trials": 0
+    }  # fmt: skip
+    assert st["contamination"] == {"detectable": True, "problem": None}
     assert isinstance(st["version"], str) and st["version"]
     assert bad["ok"] is False and "reboot" in bad["error"]
 
