@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 export DEBIAN_FRONTEND := noninteractive
 
-.PHONY: setup venv stress-ng tuned chromium run test lint typecheck unit bench bench-quick bench-deps clean \
+.PHONY: setup venv stress-ng tuned chromium postgresql run test lint typecheck unit bench bench-quick bench-deps clean \
 	install
 
 setup: venv stress-ng
@@ -53,6 +53,20 @@ chromium:
 			"(to run it: 'sudo apt-get update && sudo apt-get install -y chromium')." >&2; \
 	fi
 
+# PostgreSQL (Debian's package) only for the fleet store's tests, which start a throwaway cluster of
+# their own with its initdb/pg_ctl (tests/fleet/conftest.py): installed when we are root; otherwise, or
+# when apt-get fails, a message, and those tests skip.
+postgresql:
+	@if ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1; then \
+		echo "postgresql: $$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | tr '\n' ' ')"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update && apt-get install -y postgresql || \
+			echo "postgresql could not be installed: the fleet store tests will be skipped." >&2; \
+	else \
+		echo "postgresql is not installed and this is not root: the fleet store tests will be skipped" \
+			"(to run them: 'sudo apt-get update && sudo apt-get install -y postgresql')." >&2; \
+	fi
+
 run: setup
 	$(PY) -m kloros_orchestrator run
 
@@ -65,7 +79,7 @@ typecheck: venv
 # Unit tests first, with the runtime's line coverage by unit tests alone (goal: >= 85 %), then the
 # end-to-end tests (real daemon, real stress-ng, real signals).
 RUNTIME_COVERAGE ?= 85
-unit: setup tuned chromium
+unit: setup tuned chromium postgresql
 	$(PY) -m pytest -q -m "not e2e" --cov=kloros_orchestrator.runtime --cov-report=term \
 		--cov-fail-under=$(RUNTIME_COVERAGE)
 	$(PY) -m pytest -q -m e2e

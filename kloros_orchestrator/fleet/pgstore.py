@@ -1,0 +1,317 @@
+"""The PostgreSQL study store: studies, hosts, generations, leased work units and trial rows.
+
+Theory of operation. Synchronous psycopg 3 over a ``psycopg_pool.ConnectionPool`` (the daemon calls
+it from worker threads; each call borrows one connection for one short transaction). Connections
+are in autocommit mode; every multi-statement step is one explicit transaction. Every time is the
+database's (``now()``), so hosts' clocks never decide who holds a lease.
+
+* **Joining**: a study is found or created by (name, key digest) in one race-free statement; a host
+  announces itself with :meth:`FleetStore.heartbeat` and counts as alive while its last heartbeat is
+  recent (:meth:`FleetStore.hosts_alive`).
+* **Work**: the study's leader (``leader.LeaderLock``) creates a generation and its work units
+  (candidate × round) in one transaction; creating one that exists changes nothing. Hosts
+  :meth:`~FleetStore.claim` units with ``SELECT … FOR UPDATE SKIP LOCKED``: two claimers never lock
+  the same row, so never get the same unit, and neither waits for the other. A claim holds until
+  ``expires_at``; the claimer :meth:`~FleetStore.renew` s it while measuring; a unit whose claim
+  expired (its host died or lost the database) is claimable again.
+* **Results**: :meth:`~FleetStore.complete_unit` writes a unit's trial rows and marks it done in one
+  transaction, holding the unit's row lock. A unit already done by this host is a retry: nothing is
+  written. A unit done by another host (our claim expired and it was re-measured elsewhere) keeps
+  that host's rows: ours are dropped and reported as superseded, so each unit counts once, from one
+  host. The rows' primary key (``schema`` module) with ``ON CONFLICT DO NOTHING`` guards the rest.
+
+Errors reaching the database (``psycopg.OperationalError``, which the pool's ``PoolTimeout`` is) are
+raised to the caller: the daemon spools finished units (``spool.TrialSpool``) and carries on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any, Final
+
+import msgspec
+import psycopg
+from loguru import logger
+from psycopg.rows import TupleRow
+from psycopg.types.json import Jsonb
+from psycopg_pool import ConnectionPool
+
+from kloros_orchestrator.fleet.errors import FleetError
+from kloros_orchestrator.fleet.key import StudyKey
+from kloros_orchestrator.fleet.records import Outcome, UnitResult, WorkUnit
+from kloros_orchestrator.fleet.schema import migrate
+from kloros_orchestrator.fleet.spool import TrialSpool
+
+# Errors that mean "the database cannot be reached now" (a restart, a network cut, a full pool):
+# the caller spools and retries later. Every other database error is a bug or a schema problem.
+UNREACHABLE: Final = (psycopg.OperationalError,)
+
+Pool = ConnectionPool[psycopg.Connection[TupleRow]]
+
+
+class Study(msgspec.Struct, frozen=True, kw_only=True):
+    study_id: int
+    name: str
+    key_digest: str
+
+
+class UnitCounts(msgspec.Struct, frozen=True, kw_only=True):
+    """A generation's work units by state (``claimed`` counts expired claims too)."""
+
+    open: int = 0
+    claimed: int = 0
+    done: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.open + self.claimed + self.done
+
+
+_CLAIM: Final = """
+WITH picked AS (
+    SELECT id FROM work_units
+    WHERE study_id = %(study)s AND state <> 'done'
+      AND (state = 'open' OR expires_at < now())
+    ORDER BY generation, round, id
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED)
+UPDATE work_units AS w
+SET state = 'claimed', claimed_by = %(host)s, claims = w.claims + 1,
+    expires_at = now() + make_interval(secs => %(lease)s)
+FROM picked WHERE w.id = picked.id
+RETURNING w.id, w.generation, w.cand_id, w.round, w.genome, extract(epoch FROM w.expires_at)
+"""
+
+_INSERT_TRIAL: Final = """
+INSERT INTO trials (study_id, generation, cand_id, round, host, regime, arm, ok, kpis, result)
+VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+ON CONFLICT DO NOTHING
+"""
+
+
+class FleetStore:
+    """One database's fleet tables, through a connection pool (see the module docstring)."""
+
+    def __init__(self, pool: Pool) -> None:
+        self.pool = pool
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def migrate(self) -> list[int]:
+        """Create or upgrade the schema (``schema.migrate``); the versions applied by this call."""
+        with self.pool.connection() as conn:
+            return migrate(conn)
+
+    def join_study(self, name: str, key: StudyKey) -> Study:
+        """The study of this name and key, created when it does not exist yet (safe when racing)."""
+        digest = key.digest()
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "INSERT INTO studies (name, key_digest, key) VALUES (%s, %s, %s)"
+                " ON CONFLICT (name, key_digest) DO NOTHING RETURNING id",
+                (name, digest, Jsonb(msgspec.to_builtins(key))),
+            ).fetchone()
+            if row is None:
+                row = conn.execute(
+                    "SELECT id FROM studies WHERE name = %s AND key_digest = %s", (name, digest)
+                ).fetchone()
+        if row is None:  # only if the study was deleted between the two statements
+            raise FleetError(f"study {name!r} ({digest[:12]}) vanished while joining it")
+        return Study(study_id=int(row[0]), name=name, key_digest=digest)
+
+    def heartbeat(self, study_id: int, host: str) -> None:
+        with self.pool.connection() as conn:
+            conn.execute(
+                "INSERT INTO hosts (study_id, host) VALUES (%s, %s)"
+                " ON CONFLICT (study_id, host) DO UPDATE SET last_seen = now()",
+                (study_id, host),
+            )
+
+    def hosts_alive(self, study_id: int, within_s: float) -> list[str]:
+        """The hosts whose last heartbeat is at most ``within_s`` seconds old, by name."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT host FROM hosts WHERE study_id = %s"
+                " AND last_seen >= now() - make_interval(secs => %s) ORDER BY host",
+                (study_id, within_s),
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
+    def create_generation(
+        self,
+        study_id: int,
+        generation: int,
+        candidates: Mapping[str, Mapping[str, Any]],
+        *,
+        rounds: int,
+        created_by: str,
+    ) -> bool:
+        """The generation with one work unit per candidate × round; False when it existed already
+        (a leader that took over re-creates nothing)."""
+        with self.pool.connection() as conn, conn.transaction():
+            made = conn.execute(
+                "INSERT INTO generations (study_id, generation, created_by) VALUES (%s, %s, %s)"
+                " ON CONFLICT DO NOTHING RETURNING generation",
+                (study_id, generation, created_by),
+            ).fetchone()
+            if made is None:
+                return False
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO work_units (study_id, generation, cand_id, round, genome)"
+                    " VALUES (%s, %s, %s, %s, %s)",
+                    [
+                        (study_id, generation, cand_id, r, Jsonb(dict(genome)))
+                        for r in range(rounds)
+                        for cand_id, genome in candidates.items()
+                    ],
+                )
+        return True
+
+    def latest_generation(self, study_id: int) -> int | None:
+        with self.pool.connection() as conn:
+            row = conn.execute(
+                "SELECT max(generation) FROM generations WHERE study_id = %s", (study_id,)
+            ).fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
+    def claim(self, study_id: int, host: str, *, lease_s: float, limit: int = 1) -> list[WorkUnit]:
+        """Up to ``limit`` open (or expired) units, oldest generation and round first, leased to
+        ``host`` for ``lease_s`` seconds. Empty when nothing is claimable now."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                _CLAIM, {"study": study_id, "host": host, "lease": lease_s, "limit": limit}
+            ).fetchall()
+        return sorted(
+            (
+                WorkUnit(
+                    unit_id=int(r[0]),
+                    study_id=study_id,
+                    generation=int(r[1]),
+                    cand_id=str(r[2]),
+                    round=int(r[3]),
+                    genome=dict(r[4]),
+                    expires_at=float(r[5]),
+                )
+                for r in rows
+            ),
+            key=lambda u: (u.generation, u.round, u.unit_id),
+        )
+
+    def renew(self, unit_ids: Iterable[int], host: str, *, lease_s: float) -> set[int]:
+        """Extend this host's claims; returns the units still held (a missing one was re-claimed by
+        another host after it expired, or completed: stop measuring it)."""
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "UPDATE work_units SET expires_at = now() + make_interval(secs => %s)"
+                " WHERE id = ANY(%s) AND claimed_by = %s AND state = 'claimed' RETURNING id",
+                (lease_s, list(unit_ids), host),
+            ).fetchall()
+        return {int(r[0]) for r in rows}
+
+    def release(self, unit_ids: Iterable[int], host: str) -> int:
+        """Give back claims this host will not finish (a stop): claimable at once, not after the
+        lease. Returns how many were released."""
+        with self.pool.connection() as conn:
+            cur = conn.execute(
+                "UPDATE work_units SET state = 'open', claimed_by = NULL, expires_at = NULL"
+                " WHERE id = ANY(%s) AND claimed_by = %s AND state = 'claimed'",
+                (list(unit_ids), host),
+            )
+            return cur.rowcount
+
+    def complete_unit(self, result: UnitResult) -> Outcome:
+        """Write a finished unit's trial rows and mark it done, in one transaction (see the module
+        docstring for retries and superseded results)."""
+        unit = (result.study_id, result.generation, result.cand_id, result.round)
+        with self.pool.connection() as conn, conn.transaction():
+            row = conn.execute(
+                "SELECT state, done_by FROM work_units"
+                " WHERE study_id = %s AND generation = %s AND cand_id = %s AND round = %s FOR UPDATE",
+                unit,
+            ).fetchone()
+            if row is None:
+                raise FleetError(f"no work unit {unit} in the fleet store: the result cannot be recorded")
+            if row[0] == "done":
+                return Outcome.ALREADY if row[1] == result.host else Outcome.SUPERSEDED
+            with conn.cursor() as cur:
+                cur.executemany(
+                    _INSERT_TRIAL,
+                    [
+                        (*unit, result.host, t.regime, t.arm, t.ok, Jsonb(t.kpis), Jsonb(t.result))
+                        for t in result.trials
+                    ],
+                )
+            conn.execute(
+                "UPDATE work_units SET state = 'done', done_by = %s, done_at = now(), expires_at = NULL"
+                " WHERE study_id = %s AND generation = %s AND cand_id = %s AND round = %s",
+                (result.host, *unit),
+            )
+        return Outcome.WRITTEN
+
+    def unit_counts(self, study_id: int, generation: int) -> UnitCounts:
+        with self.pool.connection() as conn:
+            rows = conn.execute(
+                "SELECT state, count(*) FROM work_units WHERE study_id = %s AND generation = %s"
+                " GROUP BY state",
+                (study_id, generation),
+            ).fetchall()
+        return UnitCounts(**{str(r[0]): int(r[1]) for r in rows})
+
+    def trial_rows(self, study_id: int, generation: int) -> list[dict[str, Any]]:
+        """Every trial row of a generation (each unit's rows come from the host that completed it)."""
+        with self.pool.connection() as conn:
+            cur = conn.execute(
+                "SELECT cand_id, round, host, regime, arm, ok, kpis, result FROM trials"
+                " WHERE study_id = %s AND generation = %s ORDER BY cand_id, round, host, regime, arm",
+                (study_id, generation),
+            )
+            names = [d.name for d in cur.description or ()]
+            return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
+
+
+def write_or_spool(store: FleetStore, spool: TrialSpool, result: UnitResult) -> Outcome | None:
+    """Record a finished unit in the database or, when it cannot be reached, in the spool (None).
+
+    Spooled units are written by ``spool.flush(store.complete_unit, UNREACHABLE)`` once the
+    database answers again; the daemon flushes before writing new results, so order is kept.
+    """
+    try:
+        return store.complete_unit(result)
+    except UNREACHABLE as e:
+        logger.warning(
+            "fleet store unreachable ({}): unit {}/{} round {} spooled",
+            e,
+            result.generation,
+            result.cand_id,
+            result.round,
+        )
+        spool.append(result)
+        return None
+
+
+def open_fleet_store(
+    dsn: str, *, min_size: int = 1, max_size: int = 4, timeout_s: float = 10.0
+) -> FleetStore:
+    """A store over a pool for ``dsn`` (a libpq connection string or ``postgresql://`` URI).
+
+    The pool opens without waiting: a database that is down at start-up makes the first call raise
+    (one of ``UNREACHABLE`` after ``timeout_s``), it does not stop the daemon. Each connection is
+    checked when borrowed, so one broken by a server restart is replaced, not handed out.
+    """
+    pool: Pool = ConnectionPool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        open=False,
+        timeout=timeout_s,
+        check=ConnectionPool.check_connection,
+        kwargs={"autocommit": True},
+        name="kloros-fleet",
+    )
+    pool.open(wait=False)
+    return FleetStore(pool)
+
+
+__all__ = ["UNREACHABLE", "FleetStore", "Study", "UnitCounts", "open_fleet_store", "write_or_spool"]

@@ -1,0 +1,70 @@
+"""The fleet schema against a real PostgreSQL: versioned, idempotent, safe when daemons race."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import psycopg
+import pytest
+
+from kloros_orchestrator.fleet.errors import SchemaTooNew
+from kloros_orchestrator.fleet.schema import LATEST, MIGRATIONS, migrate, schema_version
+
+TABLES = {"fleet_schema", "studies", "hosts", "generations", "work_units", "trials"}
+
+
+def _tables(conn: psycopg.Connection[Any]) -> set[str]:
+    rows = conn.execute("SELECT tablename FROM pg_tables WHERE schemaname = 'public'").fetchall()
+    return {str(r[0]) for r in rows}
+
+
+def test_a_new_database_is_migrated_to_the_latest_version_once(fleet_dsn: str) -> None:
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        assert schema_version(conn) == 0
+        assert migrate(conn) == [v for v, _ in MIGRATIONS]
+        assert schema_version(conn) == LATEST
+        assert _tables(conn) == TABLES
+        assert migrate(conn) == []  # a second start applies nothing
+        rows = conn.execute("SELECT version FROM fleet_schema ORDER BY version").fetchall()
+        assert [r[0] for r in rows] == [v for v, _ in MIGRATIONS]
+
+
+def test_daemons_migrating_at_once_apply_each_version_exactly_once(fleet_dsn: str) -> None:
+    applied: list[list[int]] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(4)
+
+    def one() -> None:
+        try:
+            with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+                start.wait(timeout=30)
+                applied.append(migrate(conn))
+        except BaseException as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=one) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == []
+    assert sorted(applied) == [[], [], [], [v for v, _ in MIGRATIONS]]
+
+
+def test_a_failed_migration_leaves_nothing_behind(fleet_dsn: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    broken = ((1, (*MIGRATIONS[0][1], "CREATE TABLE studies (id int)")),)  # the last statement fails
+    monkeypatch.setattr("kloros_orchestrator.fleet.schema.MIGRATIONS", broken)
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.DuplicateTable):
+            migrate(conn)
+        assert schema_version(conn) == 0
+        assert _tables(conn) == set()  # fleet_schema too: the one transaction rolled back
+
+
+def test_a_database_newer_than_the_daemon_is_refused(fleet_dsn: str) -> None:
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        migrate(conn)
+        conn.execute("INSERT INTO fleet_schema (version) VALUES (%s)", (LATEST + 1,))
+        with pytest.raises(SchemaTooNew, match=f"version {LATEST + 1}"):
+            migrate(conn)
