@@ -3,8 +3,12 @@
 Theory of operation. Every comparison is against the stock baseline measured *in the same PHASE
 run* (it is re-measured in every epoch, interleaved with the candidates), never an older one.
 
-* Score: ``score_v2`` of the candidate's KPI means against the baseline's, with its bootstrap CI
-  (``measure.stats.score_ci``) over all epochs' trials; and a point score per epoch.
+* Score: ``score_v2`` of the candidate's KPI means against the baseline's (throughput per stressor,
+  ``measure.scoring``), and a point score per epoch. Its interval is paired: the bootstrap resamples
+  the (epoch, slice, replica) pairs the QTIME plan ran side by side, each with both arms' trials
+  (``measure.stats.paired_score_ci``), at ``level`` like every other interval here (no further
+  correction: promotion also needs a positive score in every epoch). Fewer than two pairs of usable
+  trials in a scored regime: no interval, no claim.
 * Promoted: safe (no cap breach, failed trials not a majority), score CI lower bound > 0, and the
   point score > 0 in every epoch the variant ran ("beats the baseline across the epochs").
 * Flagged: unsafe, or significantly worse (score CI upper bound < 0); reasons carry numbers.

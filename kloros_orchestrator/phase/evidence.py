@@ -3,6 +3,11 @@
 The rules these numbers feed (promotion, flags, measurable effects) are stated in ``phase/analysis.py``.
 Randomness: one Generator per (seed, domain, variant), so adding a domain or a variant does not
 change the others' intervals.
+
+Pairs. The QTIME plan runs each variant trial beside a stock trial of the same (epoch, slice,
+replica); ``_pair_keys`` finds them again. Both the KPI effects and the score interval use these
+pairs: the interval resamples whole pairs (``measure.stats.paired_score_ci``), so what a pair shares
+(drift over the window, a neighbour's load in that stretch) cancels instead of counting as noise.
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from kloros_orchestrator.measure.scoring import score_regime, score_v2
-from kloros_orchestrator.measure.stats import bootstrap_mean_ci, paired_p_value, score_ci
+from kloros_orchestrator.measure.arms import stressor_means, stressor_values
+from kloros_orchestrator.measure.scoring import score_candidate, score_terms
+from kloros_orchestrator.measure.stats import bootstrap_mean_ci, paired_p_value, paired_score_ci
 from kloros_orchestrator.model import REGIMES, STANDARD_KPIS, STOCK_ARM
 from kloros_orchestrator.phase.records import DomainData, TrialRecord, VariantInfo
 
@@ -130,9 +136,79 @@ def means(arrays: Mapping[str, Mapping[str, FloatArray]]) -> dict[str, dict[str,
     return {r: {k: float(a.mean()) for k, a in kpis.items() if a.size} for r, kpis in arrays.items()}
 
 
-def _score(cand: Mapping[str, Mapping[str, float]], base: Mapping[str, Mapping[str, float]]) -> float | None:
-    """score_v2 over the regimes both sides measured."""
-    return score_v2(score_regime(kpis, base[r]) for r, kpis in cand.items() if r in base)
+def _by_regime(trials: Iterable[TrialRecord]) -> dict[str, list[TrialRecord]]:
+    out: dict[str, list[TrialRecord]] = defaultdict(list)
+    for t in trials:
+        out[t.regime].append(t)
+    return out
+
+
+def stressor_mean_table(trials: Iterable[TrialRecord]) -> dict[str, dict[str, float]]:
+    """``{regime: {stressor: mean bogo-ops/s}}`` where every usable trial of the regime carries the
+    same stressors (``measure.arms.stressor_values``'s rule); other regimes are absent."""
+    table = {r: stressor_means(ts) for r, ts in _by_regime(trials).items()}
+    return {r: m for r, m in table.items() if m is not None}
+
+
+def _score(trials: Sequence[TrialRecord], base_trials: Sequence[TrialRecord]) -> float | None:
+    """score_v2 over the regimes both sides measured, per-stressor throughput where both sides have it."""
+    return score_candidate(
+        means(kpi_arrays(trials)),
+        means(kpi_arrays(base_trials)),
+        cand_stressors=stressor_mean_table(trials),
+        base_stressors=stressor_mean_table(base_trials),
+    )
+
+
+def _paired_columns(
+    pairs: Sequence[tuple[TrialRecord, TrialRecord]],
+) -> tuple[dict[str, FloatArray], dict[str, FloatArray], dict[str, FloatArray], dict[str, FloatArray]]:
+    """One regime's pairs as arrays, one value per pair: the KPIs finite in every pair on both sides,
+    and each side's stressor rates where ``stressor_values`` accepts them."""
+    kpis = set.intersection(*(set(c.kpis) & set(b.kpis) for c, b in pairs))
+    cand: dict[str, FloatArray] = {}
+    base: dict[str, FloatArray] = {}
+    for kpi in sorted(kpis):
+        values = np.asarray([(c.kpis[kpi], b.kpis[kpi]) for c, b in pairs], dtype=np.float64)
+        if np.all(np.isfinite(values)):
+            cand[kpi], base[kpi] = values[:, 0], values[:, 1]
+    rates = stressor_values([c for c, _ in pairs]), stressor_values([b for _, b in pairs])
+    cand_s, base_s = ({s: np.asarray(v, dtype=np.float64) for s, v in (r or {}).items()} for r in rates)
+    return cand, base, cand_s, base_s
+
+
+def _paired_ci(
+    trials: Sequence[TrialRecord],
+    base_trials: Sequence[TrialRecord],
+    scored: Iterable[str],
+    rng: np.random.Generator,
+    n_boot: int,
+    level: float,
+) -> Interval | None:
+    """The score interval over the (epoch, slice, replica) pairs; None unless every ``scored`` regime
+    has at least two pairs of usable trials (one pair has no spread: no interval, no claim)."""
+    base = _pair_keys(base_trials)
+    pairs: dict[str, list[tuple[TrialRecord, TrialRecord]]] = defaultdict(list)
+    for key, c in _pair_keys(trials).items():
+        b = base.get(key)
+        if b is not None and usable(c) and usable(b):
+            pairs[c.regime].append((c, b))
+    regimes = list(scored)
+    if not regimes or any(len(pairs.get(r, ())) < 2 for r in regimes):
+        return None
+    columns = {r: _paired_columns(pairs[r]) for r in regimes}
+    try:
+        return paired_score_ci(
+            {r: c[0] for r, c in columns.items()},
+            {r: c[1] for r, c in columns.items()},
+            cand_stressors={r: c[2] for r, c in columns.items()},
+            base_stressors={r: c[3] for r, c in columns.items()},
+            rng=rng,
+            n_boot=n_boot,
+            level=level,
+        )
+    except ValueError:  # no regime scorable from the pairs alone (throughput missing in a pair)
+        return None
 
 
 def evaluate_variant(
@@ -147,19 +223,17 @@ def evaluate_variant(
     level: float,
 ) -> VariantStats:
     rng = _rng(seed, domain, variant_id)
-    cand_arrays = kpi_arrays(trials)
-    score = _score(means(cand_arrays), means(base_arrays))
+    score = _score(trials, base_trials)
     ci = None
-    # One trial per regime has no spread: a bootstrap of it is a zero-width "interval" that would
-    # promote or flag a variant on a single measurement. No interval, no claim.
-    if score is not None and _min_group(cand_arrays) >= 2 and _min_group(base_arrays) >= 2:
-        ci = score_ci(cand_arrays, base_arrays, rng=rng, n_boot=n_boot, level=level)
+    if score is not None:
+        cand_means, base_means = means(kpi_arrays(trials)), means(base_arrays)
+        scored = [r for r, m in cand_means.items() if r in base_means and score_terms(m, base_means[r])]
+        ci = _paired_ci(trials, base_trials, scored, rng, n_boot, level)
+        # The interval is of the pairs; the point score uses every usable trial: contain it.
+        ci = None if ci is None else (min(ci[0], score), max(ci[1], score))
     epochs = sorted({t.epoch for t in trials if usable(t)})
     epoch_scores: dict[int, float | None] = {
-        e: _score(
-            means(kpi_arrays(t for t in trials if t.epoch == e)),
-            means(kpi_arrays(t for t in base_trials if t.epoch == e)),
-        )
+        e: _score([t for t in trials if t.epoch == e], [t for t in base_trials if t.epoch == e])
         for e in epochs
     }
     breaches = [
@@ -181,12 +255,6 @@ def evaluate_variant(
         effects=_effects(trials, base_trials, rng, n_boot, level),
         epochs=len(epochs),
     )
-
-
-def _min_group(arrays: Mapping[str, Mapping[str, FloatArray]]) -> int:
-    """The fewest values any (regime, KPI) has; 0 when there is none."""
-    sizes = [len(v) for per in arrays.values() for v in per.values()]
-    return min(sizes) if sizes else 0
 
 
 def _pair_keys(trials: Iterable[TrialRecord]) -> dict[tuple[str, int, int], TrialRecord]:

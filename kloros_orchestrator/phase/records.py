@@ -28,6 +28,9 @@ class TrialRecord(msgspec.Struct, frozen=True):
     failure: str | None = None
     cap_breach: str | None = None
     replica: int | None = None
+    # Each workload stressor's bogo-ops/s (TrialResult.stressor_ops): the score's per-stressor
+    # throughput ratio is made of them; empty for a command workload and in older records.
+    stressor_ops: dict[str, float] = msgspec.field(default_factory=dict)
 
     @classmethod
     def from_trial(
@@ -42,6 +45,7 @@ class TrialRecord(msgspec.Struct, frozen=True):
             failure=trial.failure,
             cap_breach=trial.cap_breach,
             replica=replica,
+            stressor_ops=dict(trial.stressor_ops),
         )
 
 
