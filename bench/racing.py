@@ -1,24 +1,31 @@
-"""Racing savings: the D-REAM tournament as the daemon runs it versus fixed N=10 trials per candidate.
+"""Racing with an indifference zone: the D-REAM tournament's race versus today's rule and fixed N=10.
 
-Synthetic candidate sets with known means: one best, the others behind it by gaps drawn per race
-(in units of the noise σ; Gaussian noise, σ = 1). Every race draws one noise matrix
-(candidates × 10 rounds) that all procedures share (common random numbers), so they are compared
-on the same luck:
+Synthetic candidate sets with known means (Gaussian noise, σ = 1, so every figure is in units of
+the noise σ of one round's score), one best and the others behind it by gaps set relative to the
+indifference zone δ (also in σ). Every race draws one noise matrix (candidates × 10 rounds) that
+all procedures share (common random numbers), so they are compared on the same luck:
 
-* ``daemon`` — ``runtime/dream.py::_run_tournament``: ``Race(min_rounds=2, max_rounds=10)``; every
-  round each survivor gets one trial (and the stock arm one, the reference every score is taken
-  against); the race records the round's samples and eliminates; once the race is finished the
-  survivors still get the remaining trials up to ``max_rounds`` (the daemon's rule: "survivors get
-  the full trial count"). Pick: the best mean among the survivors. ``_conclude`` itself picks the
-  best score among *all* scored candidates (eliminated ones have ≥ 2 trials and are scored too):
-  reported as ``daemon (pick over all scored)``.
-* ``race_stop`` — the same race, sampling stops when the race is finished (as ``optimize()`` uses
-  it); pick: ``race.race_winner()``.
+* ``old`` — today's daemon (``runtime/tournament.py``): ``Race(min_rounds=2, max_rounds=10)``
+  without an indifference zone (a t-test at α = 0.05 against the leader), survivors get the full
+  trial count after the race is decided; pick: the best mean among the survivors.
+* ``kn_stop`` — ``Race(..., indifference=δ, confidence=0.95)`` (Kim & Nelson's fully sequential
+  procedure, see ``engine/racing.py``), sampling stops when the race is finished; pick:
+  ``race.race_winner()`` (the best mean, a tie within δ at the cap broken by mean).
+* ``kn_cap`` — the same race, but survivors still run to ``max_rounds`` (the tournament unchanged);
+  pick: the best mean of the survivors over all their samples.
+* ``kn_stop_all`` — ``kn_stop``, pick the best mean over every candidate with ≥ 2 samples
+  (eliminated ones included, as ``_conclude`` picks over all scored candidates).
 * ``fixed_n`` — 10 trials for every candidate; pick: the best mean.
 
-Trials are counted per candidate trial (one per round; in the daemon a round is one trial of each
-regime, which scales both sides alike) and, for the tournament totals, with the stock arm's one
-trial per round that both the daemon and a fixed-N tournament run.
+Scenarios, 6 candidates: ``slippage`` (every other exactly δ behind: the least favourable case
+with gaps ≥ δ), ``spread`` (others U(δ, 3δ) behind), ``all_gaps`` (U(0, 2δ): about half within
+δ) and ``equal`` (all alike) — each at δ = 0.5, 1 and 1.5 σ — and ``legacy`` (others U(0.25, 1) σ
+behind, the scenario of the earlier benchmark) at the primary δ. Figures: P(select the true best)
+(PCS), P(the selected one is within δ of the best) and candidate trials as a share of fixed N=10's
+(plus the stock arm's one trial per round, for the tournament totals). The goals are judged at
+the primary δ = 1.5 σ, where a 10-round race can keep KN's guarantee (its triangle closes before
+the cap: ``max_rounds > h²·2σ²/δ²``, h² ≈ 8 once the variance has a few dozen df); at 0.5 and 1 σ
+the cap truncates the procedure and the rows show what that costs.
 
 Run: ``.venv/bin/python bench/racing.py [--quick] [--races N]``.
 """
@@ -28,7 +35,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -45,244 +52,262 @@ from benchlib import (
 
 from kloros_orchestrator.engine import Race
 
-MAX_ROUNDS = 10  # dream.trials in the daemon; also the fixed-N
-MIN_ROUNDS = 2  # as _run_tournament
-GOAL_CORRECT = 0.95
-GOAL_TRIAL_SHARE = 0.40
+MAX_ROUNDS = 10  # the cap of the race; also the fixed N
+MIN_ROUNDS = 2  # as the tournament
+CANDIDATES = 6  # dream.population's default
+CONFIDENCE = 0.95
+DELTAS = (0.5, 1.0, 1.5)  # δ in σ
+PRIMARY_DELTA = 1.5
+GOAL_PCS = 0.95  # at gaps ≥ δ
+GOAL_WITHIN = 0.95  # at all gaps
+GOAL_TRIAL_SHARE = 0.50  # candidate trials vs fixed N=10
+PROCEDURES = ("old", "kn_stop", "kn_cap", "kn_stop_all", "fixed_n")
+LABELS = {
+    "old": "old rule (daemon today: t-test, survivors to the cap)",
+    "kn_stop": "KN race, sampling stops when finished",
+    "kn_cap": "KN race, survivors to the cap",
+    "kn_stop_all": "KN race stopped, pick over all scored (as _conclude)",
+    "fixed_n": f"fixed N={MAX_ROUNDS}",
+}
+
+GapDraw = Callable[[np.random.Generator, float, int], np.ndarray]
+KINDS: dict[str, tuple[str, GapDraw]] = {
+    "slippage": ("others exactly δ behind", lambda rng, d, n: np.full(n, d)),
+    "spread": ("others U(δ, 3δ) behind", lambda rng, d, n: rng.uniform(d, 3 * d, n)),
+    "all_gaps": ("others U(0, 2δ) behind", lambda rng, d, n: rng.uniform(0, 2 * d, n)),
+    "equal": ("all alike", lambda rng, d, n: np.zeros(n)),
+    "legacy": ("others U(0.25, 1) σ behind", lambda rng, d, n: rng.uniform(0.25, 1.0, n)),
+}
+GAPS_AT_LEAST_DELTA = ("slippage", "spread")
 
 
 @dataclass(frozen=True)
 class Scenario:
-    name: str
-    candidates: int
-    gap_low: float  # others are behind the best by U(gap_low, gap_high) σ
-    gap_high: float
-    primary: bool  # the issue's scenario (goals are judged on it)
+    kind: str
+    delta: float  # in σ
+
+    @property
+    def name(self) -> str:
+        return f"{self.kind}@{self.delta:g}"
 
     @property
     def label(self) -> str:
-        return f"{self.candidates} candidates, others {self.gap_low:g}–{self.gap_high:g} σ behind"
+        return f"δ={self.delta:g}σ, {KINDS[self.kind][0]}"
 
 
 SCENARIOS = (
-    Scenario("gaps_0.25-1", 6, 0.25, 1.0, primary=True),
-    Scenario("gaps_1-2", 6, 1.0, 2.0, primary=False),
+    *(Scenario(kind, d) for d in DELTAS for kind in ("slippage", "spread", "all_gaps", "equal")),
+    Scenario("legacy", PRIMARY_DELTA),
 )
 
 
 @dataclass(frozen=True)
 class Outcome:
-    correct: bool
+    pick: int  # index of the selected candidate
     cand_trials: int
     rounds: int
 
 
-@dataclass(frozen=True)
-class RaceRecord:
-    daemon: Outcome
-    daemon_all: Outcome
-    race_stop: Outcome
-    fixed_n: Outcome
+def run_race(race: Race, means: np.ndarray, noise: np.ndarray, index: dict[str, int]) -> None:
+    while not race.finished:
+        for c in race.pending():
+            i = index[c]
+            race.record(c, float(means[i] + noise[i, race.round]))
+        if not race.finished:
+            race.end_round()
 
 
-def simulate(scn: Scenario, rng: np.random.Generator) -> RaceRecord:
-    """One race of every procedure on one candidate set and one noise matrix."""
-    n = scn.candidates
+def best_mean(pool: Sequence[int], means: np.ndarray, noise: np.ndarray, counts: Sequence[int]) -> int:
+    return max(pool, key=lambda i: (float(means[i] + noise[i, : counts[i]].mean()), -i))
+
+
+def simulate(scn: Scenario, rng: np.random.Generator) -> tuple[np.ndarray, dict[str, Outcome]]:
+    """One race of every procedure on one candidate set and one noise matrix; returns the means too."""
+    n = CANDIDATES
     best = int(rng.integers(n))  # the best's position varies: no help from the order of ids
-    means = -rng.uniform(scn.gap_low, scn.gap_high, size=n)
+    means = -KINDS[scn.kind][1](rng, scn.delta, n)
     means[best] = 0.0
     noise = rng.normal(0.0, 1.0, size=(n, MAX_ROUNDS))
     ids = [f"c{i}" for i in range(n)]
     index = {c: i for i, c in enumerate(ids)}
+    full = [MAX_ROUNDS] * n
+    out: dict[str, Outcome] = {}
 
-    race = Race(ids, incumbent=None, max_rounds=MAX_ROUNDS, min_rounds=MIN_ROUNDS)
-    samples: dict[str, list[float]] = {c: [] for c in ids}
-    cand_trials = 0
-    race_stop: Outcome | None = None
-    for _ in range(MAX_ROUNDS):
-        for c in race.survivors():
-            i = index[c]
-            samples[c].append(float(means[i] + noise[i, len(samples[c])]))
-            cand_trials += 1
-        if not race.finished:
-            for c in race.pending():
-                race.record(c, samples[c][-1])
-            if not race.finished:
-                race.end_round()
-        if race.finished and race_stop is None:
-            w = race.race_winner()
-            race_stop = Outcome(
-                correct=w is not None and index[w] == best, cand_trials=race.trials_used, rounds=race.round
-            )
-    assert race_stop is not None
+    old = Race(ids, incumbent=None, max_rounds=MAX_ROUNDS, min_rounds=MIN_ROUNDS)
+    run_race(old, means, noise, index)
+    alive = [index[c] for c in old.survivors()]
+    # survivors run to the cap: they end with MAX_ROUNDS samples; the eliminated keep theirs
+    counts = [MAX_ROUNDS if i in alive else len(old.samples(ids[i])) for i in range(n)]
+    out["old"] = Outcome(best_mean(alive, means, noise, counts), sum(counts), MAX_ROUNDS)
 
-    def best_of(pool: Sequence[str]) -> int:
-        return index[max(pool, key=lambda c: (float(np.mean(samples[c])), -index[c]))]
-
-    survivors = race.survivors()
-    daemon = Outcome(correct=best_of(survivors) == best, cand_trials=cand_trials, rounds=MAX_ROUNDS)
-    scored = [c for c in ids if len(samples[c]) >= MIN_ROUNDS]
-    daemon_all = Outcome(correct=best_of(scored) == best, cand_trials=cand_trials, rounds=MAX_ROUNDS)
-    fixed_pick = int(np.argmax(means + noise.mean(axis=1)))
-    fixed = Outcome(correct=fixed_pick == best, cand_trials=n * MAX_ROUNDS, rounds=MAX_ROUNDS)
-    return RaceRecord(daemon=daemon, daemon_all=daemon_all, race_stop=race_stop, fixed_n=fixed)
+    kn = Race(
+        ids, incumbent=None, max_rounds=MAX_ROUNDS, min_rounds=MIN_ROUNDS,
+        indifference=scn.delta, confidence=CONFIDENCE,
+    )  # fmt: skip
+    run_race(kn, means, noise, index)
+    winner = kn.race_winner()
+    assert winner is not None
+    got = [len(kn.samples(c)) for c in ids]
+    out["kn_stop"] = Outcome(index[winner], kn.trials_used, kn.round)
+    scored = [i for i in range(n) if got[i] >= MIN_ROUNDS]
+    out["kn_stop_all"] = Outcome(best_mean(scored, means, noise, got), kn.trials_used, kn.round)
+    alive = [index[c] for c in kn.survivors()]
+    counts = [MAX_ROUNDS if i in alive else got[i] for i in range(n)]
+    out["kn_cap"] = Outcome(best_mean(alive, means, noise, counts), sum(counts), MAX_ROUNDS)
+    out["fixed_n"] = Outcome(best_mean(range(n), means, noise, full), n * MAX_ROUNDS, MAX_ROUNDS)
+    return means, out
 
 
 @dataclass(frozen=True)
 class ProcedureSummary:
-    correct: float
-    correct_ci95: tuple[float, float]
+    pcs: float  # P(select the true best)
+    pcs_ci95: tuple[float, float]
+    within: float  # P(the selected one is within δ of the best)
+    within_ci95: tuple[float, float]
     cand_trials_mean: float
     cand_trials_share: float  # of fixed-N's candidate trials
-    tournament_trials_mean: float  # with the stock arm's trial per round
-    tournament_share: float  # of a fixed-N tournament's trials (stock included)
+    tournament_share: float  # with the stock arm's trial per round, of a fixed-N tournament's
     rounds_mean: float
 
 
-def summarise(scn: Scenario, records: Sequence[RaceRecord]) -> dict[str, ProcedureSummary]:
-    fixed_cand = scn.candidates * MAX_ROUNDS
+def summarise(scn: Scenario, races: int, rng: np.random.Generator) -> dict[str, ProcedureSummary]:
+    hits = {p: 0 for p in PROCEDURES}
+    near = {p: 0 for p in PROCEDURES}
+    trials = {p: 0 for p in PROCEDURES}
+    rounds = {p: 0 for p in PROCEDURES}
+    for _ in range(races):
+        means, outs = simulate(scn, rng)
+        for p, o in outs.items():
+            hits[p] += int(means[o.pick] == 0.0)
+            near[p] += int(-means[o.pick] < scn.delta)  # strictly: a gap of exactly δ matters
+            trials[p] += o.cand_trials
+            rounds[p] += o.rounds
+    fixed_cand = CANDIDATES * MAX_ROUNDS
     out: dict[str, ProcedureSummary] = {}
-    for proc in ("daemon", "daemon_all", "race_stop", "fixed_n"):
-        outs: list[Outcome] = [getattr(r, proc) for r in records]
-        k = sum(o.correct for o in outs)
-        cand = float(np.mean([o.cand_trials for o in outs]))
-        rounds = float(np.mean([o.rounds for o in outs]))
-        # The stock arm runs once per round for as long as the tournament runs rounds.
-        tourn = cand + rounds
-        out[proc] = ProcedureSummary(
-            correct=k / len(outs),
-            correct_ci95=wilson_ci(k, len(outs)),
+    for p in PROCEDURES:
+        cand, rnd = trials[p] / races, rounds[p] / races
+        out[p] = ProcedureSummary(
+            pcs=hits[p] / races,
+            pcs_ci95=wilson_ci(hits[p], races),
+            within=near[p] / races,
+            within_ci95=wilson_ci(near[p], races),
             cand_trials_mean=cand,
             cand_trials_share=cand / fixed_cand,
-            tournament_trials_mean=tourn,
-            tournament_share=tourn / (fixed_cand + MAX_ROUNDS),
-            rounds_mean=rounds,
+            tournament_share=(cand + rnd) / (fixed_cand + MAX_ROUNDS),  # the stock arm: one per round
+            rounds_mean=rnd,
         )
     return out
 
 
-LABELS = {
-    "daemon": "daemon tournament (pick: best survivor)",
-    "daemon_all": "daemon tournament (pick over all scored, as _conclude)",
-    "race_stop": "race, stop sampling when decided (as optimize())",
-    "fixed_n": f"fixed N={MAX_ROUNDS}",
-}
+Results = dict[str, tuple[Scenario, dict[str, ProcedureSummary]]]
 
 
-FIXED_N_CURVE = (10, 20, 40, 80, 160)
-
-
-def fixed_n_curve(scn: Scenario, races: int, rng: np.random.Generator) -> dict[int, float]:
-    """P(select the true best) of fixed-N for larger N: what the scenario's gaps demand of any procedure."""
-    out: dict[int, float] = {}
-    for n_trials in FIXED_N_CURVE:
-        means = -rng.uniform(scn.gap_low, scn.gap_high, size=(races, scn.candidates))
-        means[:, 0] = 0.0
-        est = means + rng.normal(0.0, 1.0 / np.sqrt(n_trials), size=means.shape)  # mean of N samples
-        out[n_trials] = float(np.mean(np.argmax(est, axis=1) == 0))
-    return out
-
-
-def markdown(
-    results: dict[str, tuple[Scenario, dict[str, ProcedureSummary]]],
-    races: int,
-    curves: dict[str, dict[int, float]],
-) -> str:
+def markdown(results: Results, races: int) -> str:
+    shown = ("old", "kn_stop", "kn_cap", "fixed_n")
     out = [
-        f"\n{races} races per scenario, Gaussian noise σ = 1, Race(min_rounds={MIN_ROUNDS}, "
-        f"max_rounds={MAX_ROUNDS}); CI = Wilson 95%\n",
-        "| scenario | procedure | P(select true best) [95% CI] | candidate trials (mean) | share of fixed-N "
-        "| tournament trials incl. stock | share of fixed-N tournament |",
-        "|---|---|---|---|---|---|---|",
+        f"\n{races} races per scenario, {CANDIDATES} candidates, Gaussian noise σ = 1, "
+        f"min_rounds={MIN_ROUNDS}, max_rounds={MAX_ROUNDS}, confidence {CONFIDENCE:.0%}. "
+        "Cells: PCS / P(within δ) / candidate trials as a share of fixed N.\n",
+        "| scenario | " + " | ".join(LABELS[p] for p in shown) + " |",
+        "|---|" + "---|" * len(shown),
     ]
     for scn, summ in results.values():
-        for proc, s in summ.items():
-            out.append(
-                f"| {scn.label} | {LABELS[proc]} | {s.correct:.3f} [{s.correct_ci95[0]:.3f}, "
-                f"{s.correct_ci95[1]:.3f}] | {s.cand_trials_mean:.1f} | {s.cand_trials_share:.1%} | "
-                f"{s.tournament_trials_mean:.1f} | {s.tournament_share:.1%} |"
-            )
-    out.append("\nReference: P(select true best) of fixed-N with more trials per candidate (same gaps)\n")
-    out.append("| scenario | " + " | ".join(f"N={n}" for n in FIXED_N_CURVE) + " |")
-    out.append("|---|" + "---|" * len(FIXED_N_CURVE))
-    for name, curve in curves.items():
-        scn = results[name][0]
-        out.append(f"| {scn.label} | " + " | ".join(f"{curve[n]:.3f}" for n in FIXED_N_CURVE) + " |")
+        cells = [f"{summ[p].pcs:.3f} / {summ[p].within:.3f} / {summ[p].cand_trials_share:.1%}" for p in shown]
+        out.append(f"| {scn.label} | " + " | ".join(cells) + " |")
+    out.append(f"\n{LABELS['kn_stop_all']}:\n")
+    out.append("| scenario | PCS | P(within δ) |")
+    out.append("|---|---|---|")
+    for scn, summ in results.values():
+        s = summ["kn_stop_all"]
+        out.append(f"| {scn.label} | {s.pcs:.3f} | {s.within:.3f} |")
     return "\n".join(out)
 
 
-def goals(results: dict[str, tuple[Scenario, dict[str, ProcedureSummary]]], cmd: str) -> list[GoalResult]:
-    rows = []
-    for scn, summ in results.values():
-        if not scn.primary:
-            continue
-        d, f = summ["daemon"], summ["fixed_n"]
-        rows.append(
-            GoalResult(
-                benchmark="racing",
-                figure=f"P(select true best), daemon tournament ({scn.label})",
-                measured=f"{d.correct:.1%} [{d.correct_ci95[0]:.1%}, {d.correct_ci95[1]:.1%}] "
-                f"(fixed-N: {f.correct:.1%})",
-                goal=f"≥ {GOAL_CORRECT:.0%}",
-                met=d.correct >= GOAL_CORRECT,
-                margin=f"{100 * (d.correct - GOAL_CORRECT):+.1f} points",
-                command=cmd,
-            )
-        )
-        rows.append(
-            GoalResult(
-                benchmark="racing",
-                figure=f"trials used vs fixed N={MAX_ROUNDS}, daemon tournament ({scn.label})",
-                measured=f"{d.tournament_share:.1%} incl. stock arm ({d.cand_trials_share:.1%} of candidate "
-                f"trials)",
-                goal=f"≤ {GOAL_TRIAL_SHARE:.0%}",
-                met=d.tournament_share <= GOAL_TRIAL_SHARE,
-                margin=f"{100 * (d.tournament_share - GOAL_TRIAL_SHARE):+.1f} points",
-                command=cmd,
-            )
-        )
-    return rows
+def _worst(results: Results, kinds: Sequence[str], key: Callable[[ProcedureSummary], float], hi: bool) -> str:
+    pool = [name for name, (scn, _) in results.items() if scn.delta == PRIMARY_DELTA and scn.kind in kinds]
+    pick = max if hi else min
+    return pick(pool, key=lambda name: key(results[name][1]["kn_stop"]))
+
+
+def goals(results: Results, cmd: str) -> list[GoalResult]:
+    d = f"δ={PRIMARY_DELTA:g}σ"
+    a = _worst(results, GAPS_AT_LEAST_DELTA, lambda s: s.pcs, hi=False)
+    b = _worst(results, tuple(KINDS), lambda s: s.within, hi=False)
+    c = _worst(results, tuple(KINDS), lambda s: s.cand_trials_share, hi=True)
+    sa, sb, sc = (results[x][1] for x in (a, b, c))
+    return [
+        GoalResult(
+            benchmark="racing",
+            figure=f"P(select the true best) at gaps ≥ δ, worst scenario ({results[a][0].label})",
+            measured=f"{sa['kn_stop'].pcs:.1%} [{sa['kn_stop'].pcs_ci95[0]:.1%}, "
+            f"{sa['kn_stop'].pcs_ci95[1]:.1%}] (old rule {sa['old'].pcs:.1%}, "
+            f"fixed N {sa['fixed_n'].pcs:.1%})",
+            goal=f"≥ {GOAL_PCS:.0%}",
+            met=sa["kn_stop"].pcs >= GOAL_PCS,
+            margin=f"{100 * (sa['kn_stop'].pcs - GOAL_PCS):+.1f} points",
+            command=cmd,
+        ),
+        GoalResult(
+            benchmark="racing",
+            figure=f"P(selected within δ of the best) at all gaps, worst scenario ({results[b][0].label})",
+            measured=f"{sb['kn_stop'].within:.1%} [{sb['kn_stop'].within_ci95[0]:.1%}, "
+            f"{sb['kn_stop'].within_ci95[1]:.1%}] (old rule {sb['old'].within:.1%})",
+            goal=f"≥ {GOAL_WITHIN:.0%}",
+            met=sb["kn_stop"].within >= GOAL_WITHIN,
+            margin=f"{100 * (sb['kn_stop'].within - GOAL_WITHIN):+.1f} points",
+            command=cmd,
+        ),
+        GoalResult(
+            benchmark="racing",
+            figure=f"candidate trials vs fixed N={MAX_ROUNDS}, worst scenario ({results[c][0].label}, {d})",
+            measured=f"{sc['kn_stop'].cand_trials_share:.1%} ({sc['kn_stop'].tournament_share:.1%} incl. the "
+            f"stock arm; old rule {sc['old'].cand_trials_share:.1%})",
+            goal=f"≤ {GOAL_TRIAL_SHARE:.0%}",
+            met=sc["kn_stop"].cand_trials_share <= GOAL_TRIAL_SHARE,
+            margin=f"{100 * (sc['kn_stop'].cand_trials_share - GOAL_TRIAL_SHARE):+.1f} points",
+            command=cmd,
+        ),
+    ]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description="racing savings benchmark")
-    ap.add_argument("--quick", action="store_true", help="5000 races per scenario (default 20000)")
+    ap = argparse.ArgumentParser(description="racing with an indifference zone vs the old rule and fixed N")
+    ap.add_argument("--quick", action="store_true", help="2000 races per scenario (default 10000)")
     ap.add_argument("--races", type=int, default=None)
     ap.add_argument("--seed", type=int, default=12345)
     args = ap.parse_args(argv)
-    races = args.races if args.races is not None else (5000 if args.quick else 20000)
+    races = args.races if args.races is not None else (2000 if args.quick else 10000)
     machine = machine_info()
     print(machine_line(machine))
     t0 = time.monotonic()
-    results: dict[str, tuple[Scenario, dict[str, ProcedureSummary]]] = {}
-    curves: dict[str, dict[int, float]] = {}
+    results: Results = {}
     for k, scn in enumerate(SCENARIOS):
-        rng = np.random.default_rng([args.seed, k])
-        records = [simulate(scn, rng) for _ in range(races)]
-        results[scn.name] = (scn, summarise(scn, records))
-        curves[scn.name] = fixed_n_curve(scn, races, np.random.default_rng([args.seed, k, 1]))
+        results[scn.name] = (scn, summarise(scn, races, np.random.default_rng([args.seed, k])))
         print(f"  racing: {scn.name} done, {time.monotonic() - t0:.0f} s", file=sys.stderr, flush=True)
     elapsed = time.monotonic() - t0
     cmd = command_line()
-    print(markdown(results, races, curves))
+    print(markdown(results, races))
     rows = goals(results, cmd)
     print()
     print(goal_rows_markdown(rows))
     print(f"\nracing: {elapsed:.0f} s wall")
     payload = {
-        "schema": "bench.racing.v1",
+        "schema": "bench.racing.v2",
         "mode": "quick" if args.quick else "full",
         "command": cmd,
         "machine": machine,
         "races": races,
+        "candidates": CANDIDATES,
         "max_rounds": MAX_ROUNDS,
         "min_rounds": MIN_ROUNDS,
+        "confidence": CONFIDENCE,
+        "primary_delta_sigma": PRIMARY_DELTA,
         "elapsed_s": elapsed,
+        "procedures": LABELS,
         "scenarios": {
             name: {
-                "scenario": asdict(scn),
+                "scenario": {**asdict(scn), "label": scn.label},
                 "procedures": {p: asdict(s) for p, s in summ.items()},
-                "fixed_n_curve": curves[name],
             }
             for name, (scn, summ) in results.items()
         },
