@@ -27,8 +27,6 @@ from pathlib import Path
 
 import pytest
 
-psycopg = pytest.importorskip("psycopg", reason="psycopg is missing: install the 'test' extra")
-
 SUPERUSER = "fleet"
 PORT = 5432  # only names the socket file (.s.PGSQL.5432) in our private directory
 NO_SERVER = "PostgreSQL is not installed (Debian package `postgresql`; `make test` installs it)"
@@ -112,18 +110,23 @@ class Cluster:
         return f"host={self.root} port={PORT} user={SUPERUSER} dbname={dbname} connect_timeout=5"
 
     def new_database(self) -> str:
+        import psycopg
+
         name = f"t{os.getpid()}_{next(self._names)}"
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{name}"')
         return name
 
     def drop_database(self, name: str) -> None:
+        import psycopg
+
         with psycopg.connect(self.dsn(), autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[Cluster]:
+    pytest.importorskip("psycopg", reason="psycopg is missing: install the 'test' extra")
     bindir = pg_bindir()
     if bindir is None:
         pytest.skip(NO_SERVER)
