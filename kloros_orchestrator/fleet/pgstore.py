@@ -298,7 +298,8 @@ def open_fleet_store(
 
     The pool opens without waiting: a database that is down at start-up makes the first call raise
     (one of ``UNREACHABLE`` after ``timeout_s``), it does not stop the daemon. Each connection is
-    checked when borrowed, so one broken by a server restart is replaced, not handed out.
+    checked when borrowed, so one broken by a server restart is replaced (after the pool's backoff
+    of about a second), not handed out.
     """
     pool: Pool = ConnectionPool(
         dsn,
