@@ -1,11 +1,12 @@
 """What crosses the fleet store's boundary: claimed work units and the trial rows of a finished one.
 
 A work unit is one candidate × one round of one generation. The host that claims it measures the
-candidate and, interleaved with it, its own current configuration (the ``current`` arm), as a
-single host does today; the unit's trial rows are then written in one transaction with its
-completion (``pgstore.FleetStore.complete_unit``) or, while the database is unreachable, kept in
-the local spool (``spool.TrialSpool``) as a :class:`UnitResult` line. The natural key of a row,
-``(study, generation, cand_id, round, host, regime, arm)``, is what makes a retried write harmless.
+candidate and, interleaved with it, its own current configuration (the ``stock`` arm, as everywhere
+in the daemon), as a single host does today; the unit's trial rows are then written in one
+transaction with its completion (``pgstore.FleetStore.complete_unit``) or, while the database is
+unreachable, kept in the local spool (``spool.TrialSpool``) as a :class:`UnitResult` line. The
+natural key of a row, ``(study, generation, cand_id, round, host, regime, arm)``, is what makes a
+retried write harmless.
 
 These are plain msgspec structs: no psycopg here (the spool must work without the database).
 """
@@ -19,7 +20,7 @@ import msgspec
 
 SPOOL_SCHEMA: Final = "fleet_unit_result.v1"
 
-Arm = Literal["candidate", "current"]
+Arm = Literal["candidate", "stock"]  # "stock": the host's current configuration
 
 
 class WorkUnit(msgspec.Struct, frozen=True, kw_only=True):

@@ -76,7 +76,7 @@ _V1: Final = (
         round integer NOT NULL,
         host text NOT NULL,
         regime text NOT NULL,
-        arm text NOT NULL CHECK (arm IN ('candidate', 'current')),
+        arm text NOT NULL CHECK (arm IN ('candidate', 'stock')),
         ok boolean NOT NULL,
         kpis jsonb NOT NULL,
         result jsonb NOT NULL,

@@ -48,7 +48,7 @@ def result_for(unit: WorkUnit, host: str, value: float = 1.0) -> UnitResult:
             regime=regime, arm=arm, ok=True, kpis={"throughput": value}, result={"cand_id": unit.cand_id}
         )
         for regime in ("idle", "stress")
-        for arm in ("candidate", "current")
+        for arm in ("candidate", "stock")
     )
     return UnitResult(
         study_id=unit.study_id,
