@@ -55,6 +55,7 @@ DOMAIN = "planted"
 KNOB = "cpu_load"
 HIGH = 100
 GOAL = 0.80
+MIN_N = 5  # fewer complete windows than this: the goal is not judged
 KNOB_PATH = "proc/sys/kernel/klr_planted_load"
 UNREAD: dict[str, tuple[dict[str, Any], str]] = {  # declaration, factory text
     "unread_level": (
@@ -234,7 +235,8 @@ def goals(conds: list[Condition], cmd: str) -> list[GoalResult]:
             continue
         noise = "" if c.mde is None else f"; stock CV {c.stock_cv:.1%}, detectable ≈ {c.mde:.1%}"
         margin = f"{100 * (r.rate - GOAL):+.1f} points (lower 95% bound {100 * r.ci95[0]:.1f}%){noise}"
-        rows.append(GoalResult("pipeline planted", figure, r.text(), "≥ 80%", r.rate >= GOAL, margin, cmd))
+        met = None if r.n < MIN_N else r.rate >= GOAL
+        rows.append(GoalResult("pipeline planted", figure, r.text(), "≥ 80%", met, margin, cmd))
     return rows
 
 

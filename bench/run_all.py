@@ -28,7 +28,7 @@ from benchlib import (
     write_json,
 )
 
-BENCHMARKS = ("search_quality", "racing", "overhead")
+BENCHMARKS = ("search_quality", "racing", "overhead", "pipeline_aa", "pipeline_planted")
 
 
 @dataclass(frozen=True)
