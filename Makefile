@@ -86,14 +86,15 @@ unit: setup tuned chromium postgresql
 
 test: setup lint typecheck unit
 
-# Benchmarks (bench/README.md): Optuna and Nevergrad come from the `bench` extra only.
+# Benchmarks (bench/README.md): Optuna and Nevergrad come from the `bench` extra only; the fleet scaling
+# benchmark starts a throwaway PostgreSQL of its own (Debian's package, as for the fleet tests).
 bench-deps: venv
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[bench]'
 
-bench: setup bench-deps
+bench: setup bench-deps postgresql
 	$(PY) bench/run_all.py
 
-bench-quick: setup bench-deps
+bench-quick: setup bench-deps postgresql
 	$(PY) bench/run_all.py --quick
 
 # `sudo make install`: the package in a venv of its own ($(PREFIX)/venv, the console script

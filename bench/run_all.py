@@ -28,7 +28,7 @@ from benchlib import (
     write_json,
 )
 
-BENCHMARKS = ("search_quality", "racing", "overhead", "pipeline_aa", "pipeline_planted")
+BENCHMARKS = ("search_quality", "racing", "overhead", "pipeline_aa", "pipeline_planted", "fleet_scaling")
 
 
 @dataclass(frozen=True)
