@@ -23,8 +23,8 @@ with gaps ≥ δ), ``spread`` (others U(δ, 3δ) behind), ``all_gaps`` (U(0, 2δ
 behind, the scenario of the earlier benchmark) at the primary δ. Figures: P(select the true best)
 (PCS), P(the selected one is within δ of the best) and candidate trials as a share of fixed N=10's
 (plus the stock arm's one trial per round, for the tournament totals). The goals are judged at
-the primary δ = 1.5 σ, where a 10-round race can keep KN's guarantee (its triangle closes before
-the cap: ``max_rounds > h²·2σ²/δ²``, h² ≈ 8 once the variance has a few dozen df); at 0.5 and 1 σ
+the primary δ = 1.5 σ, where a 10-round race can keep KN's guarantee (its triangle closes by the
+cap: ``max_rounds ≥ h²·2σ²/δ²``, h² ≈ 8.5 once the variance has a few dozen df); at 0.5 and 1 σ
 the cap truncates the procedure and the rows show what that costs.
 
 Run: ``.venv/bin/python bench/racing.py [--quick] [--races N]``.

@@ -41,10 +41,11 @@ for normal, homoscedastic noise: the residual variance is independent of the can
 ``ν·σ̂²/σ² ~ χ²_ν``, which is all the bound ``P(eliminate the best) ≤ ½·E[exp(−h²·S²/(2·S²_true))]
 = α/(k−1)`` per pair uses — so P(select the best) ≥ 1−α whenever it leads the others by ≥ δ.
 Variance updating (2) keeps it asymptotically (δ → 0); the benchmark measures it at small n. The
-guarantee needs the triangle to close before the cap, i.e. ``max_rounds > h²·S²/δ²``; truncated
-earlier (3), the race is a fixed-N comparison of the survivors and is as good as its sample size
-(``bench/racing.py`` reports both). Candidates within δ of the best may be eliminated: the
-procedure promises a pick within δ, not to keep every near-tie alive.
+guarantee needs the triangle to close by the cap, i.e. ``max_rounds ≥ h²·S²/δ²`` (the best mean at
+the cap is then KN's own pick); truncated earlier (3), the race is a fixed-N comparison of the
+survivors and is as good as its sample size (``bench/racing.py`` reports both). Candidates within
+δ of the best may be eliminated: the procedure promises a pick within δ, not to keep every near-tie
+alive.
 
 **Without an indifference zone** (``indifference=None``, as ``optimize()`` uses it: its
 objective has no unit to express δ in) the older rule: after ``min_rounds`` a survivor is
