@@ -12,7 +12,7 @@ after round ``r ≥ n0`` (``n0 = min_rounds``) a survivor ``i`` is eliminated wh
 ``l`` (best mean among the survivors),
 
     mean_l(r) − mean_i(r) > W(r) = max(0, h²·S²/(2·δ·r) − δ/2),
-    h² = ν·((2α/(k−1))^(−2/ν) − 1)       (KN's 2·η·(n0−1), with ν degrees of freedom for n0−1),
+    h² = ν·((2α/(k−1))^(−2/ν) − 1)       (KN's 2·η·(n0−1), with ν df in place of n0−1),
 
 ``S²`` the variance of a paired difference between two candidates and ``k`` the candidates at the
 start. The race stops when one survivor is left (or the triangle closes, ``W = 0``: the means
@@ -45,7 +45,9 @@ guarantee needs the triangle to close by the cap, i.e. ``max_rounds ≥ h²·S²
 the cap is then KN's own pick); truncated earlier (3), the race is a fixed-N comparison of the
 survivors and is as good as its sample size (``bench/racing.py`` reports both). Candidates within
 δ of the best may be eliminated: the procedure promises a pick within δ, not to keep every near-tie
-alive.
+alive. Measured (``bench/racing.py``, 10 000 races of 6 candidates, 10 rounds, every other exactly
+δ behind): δ = 1.5σ, 97.0 % correct with 38.6 % of fixed-N=10's trials; δ = 1σ (truncated), 93.5 %
+with 64 % (fixed N=10: 95.2 %).
 
 **Without an indifference zone** (``indifference=None``, as ``optimize()`` uses it: its
 objective has no unit to express δ in) the older rule: after ``min_rounds`` a survivor is
