@@ -70,6 +70,7 @@ class Landscape:
     terms: tuple[Term, ...]
     noise: NoiseFn  # (genome, range, rng) -> one noise draw
     regimes: tuple[str, ...] = ("all",)
+    weights: tuple[float, ...] = ()  # each regime's probability; empty = uniform
     _unused: dict[str, Any] = field(default_factory=dict, repr=False)
 
     # --- evaluation ----------------------------------------------------------------------------
@@ -102,13 +103,34 @@ class Landscape:
             total += float(t.fn({k: np.asarray([g[k]], dtype=float) for k in t.knobs}, g, regime)[0])
         return float(total)
 
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        """Each regime's probability of being drawn for a sample (uniform unless ``weights``)."""
+        n = len(self.regimes)
+        w = np.asarray(self.weights if self.weights else [1.0] * n, dtype=float)
+        if w.size != n or np.any(w < 0) or w.sum() <= 0:
+            raise ValueError(f"{self.name}: weights must be {n} non-negative numbers")
+        return np.asarray(w / w.sum(), dtype=float)
+
+    def _expect(self, per_regime: list[Any]) -> Any:
+        """The probability-weighted mean over regimes of ``per_regime[r]`` (scalars or arrays)."""
+        return sum(
+            p * np.asarray(v, dtype=float) for p, v in zip(self.probabilities, per_regime, strict=True)
+        )
+
     def true(self, genome: Mapping[str, Any]) -> float:
-        """The noise-free objective: mean over the regimes."""
-        return float(np.mean([self.value(genome, r) for r in range(len(self.regimes))]))
+        """The noise-free objective: the expectation over the regimes."""
+        return float(self._expect([self.value(genome, r) for r in range(len(self.regimes))]))
 
     def sample(self, genome: Mapping[str, Any], rng: np.random.Generator) -> float:
         """One noisy sample: one regime's value (drawn at random) plus noise."""
-        r = int(rng.integers(len(self.regimes))) if len(self.regimes) > 1 else 0
+        n = len(self.regimes)
+        if n == 1:
+            r = 0
+        elif self.weights:
+            r = int(rng.choice(n, p=self.probabilities))
+        else:  # uniform: the draw the existing landscapes' noise streams were recorded with
+            r = int(rng.integers(n))
         return self.value(genome, r) + self.noise(self.coerce(genome), self.extremes.range, rng)
 
     def regret(self, genome: Mapping[str, Any]) -> float:
@@ -139,7 +161,7 @@ class Landscape:
         return lo + u * (hi - lo)
 
     def _term_mean(self, term: Term, vals: Values, d: Mapping[str, Any]) -> np.ndarray:
-        return np.mean([term.fn(vals, d, r) for r in range(len(self.regimes))], axis=0)
+        return np.asarray(self._expect([term.fn(vals, d, r) for r in range(len(self.regimes))]), dtype=float)
 
     def _term_extreme(self, term: Term, d: Mapping[str, Any], sign: float) -> tuple[float, dict[str, Any]]:
         """max (sign=+1) or min (sign=-1) of a term for the discrete knobs ``d``, and where."""
@@ -177,7 +199,7 @@ class Landscape:
         best: tuple[float, Genome] | None = None
         worst: float | None = None
         for d in self._discrete_combos():
-            base = float(np.mean([self.discrete(d, r) for r in range(len(self.regimes))]))
+            base = float(self._expect([self.discrete(d, r) for r in range(len(self.regimes))]))
             hi, lo, where = base, base, dict(d)
             for t in self.terms:
                 v, at = self._term_extreme(t, d, +1.0)

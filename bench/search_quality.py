@@ -17,12 +17,20 @@ landscape × budget: median regret with a percentile-bootstrap 95% CI over seeds
 Wilcoxon signed-rank test of ``optimize`` against every other arm (same seed = same noise stream
 seed for every arm). Markdown to stdout, JSON to ``bench/results/search_quality.json``.
 
+Landscapes: the four of ``landscapes.py`` and, after them (so the others' noise streams keep their
+seeds), the mixture-noise landscapes of ``landscapes_mixture.py`` (issue 13 point 8: each sample from
+one of several conditions drawn at random). The goals judged are in ``search_goals.py``.
+
 Run: ``.venv/bin/python bench/search_quality.py [--quick] [--budgets 100,300,1000] [--seeds 20]``.
+``--reuse NAME`` takes the runs already in ``bench/results/NAME.json`` (same landscape, budget, seed
+and arm: the same noise stream) instead of running them again, e.g. the other tools' runs after a
+change to the engine; the JSON records what was reused.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -34,7 +42,7 @@ from typing import Any
 
 import numpy as np
 from benchlib import (
-    GoalResult,
+    RESULTS_DIR,
     bootstrap_median_ci,
     command_line,
     goal_rows_markdown,
@@ -44,11 +52,11 @@ from benchlib import (
     write_json,
 )
 from landscapes import Genome, Landscape, all_landscapes
+from landscapes_mixture import mixture_landscapes
 from scipy import stats
+from search_goals import OURS, goals
 
 ARMS: tuple[str, ...] = ("optimize", "optuna_tpe", "optuna_cmaes", "ng_ngopt", "ng_noisy1p1", "random")
-OURS = "optimize"
-GOAL_BUDGET = 300
 
 Objective = Callable[[Genome], float]
 
@@ -240,7 +248,8 @@ _LANDS: dict[str, Landscape] | None = None
 def _landscapes() -> dict[str, Landscape]:
     global _LANDS
     if _LANDS is None:
-        _LANDS = all_landscapes()
+        # the mixture landscapes come last: each landscape's noise-stream seed is its position
+        _LANDS = {**all_landscapes(), **mixture_landscapes()}
     return _LANDS
 
 
@@ -436,56 +445,6 @@ def markdown(
     return "\n".join(out)
 
 
-def goals(cells: dict[tuple[str, int], dict[str, Any]], cmd: str) -> list[GoalResult]:
-    rows: list[GoalResult] = []
-    at = {k[0]: v for k, v in cells.items() if k[1] == GOAL_BUDGET}
-    if at and all(OURS in v["arms"] for v in at.values()):
-        lowest = []
-        gaps = []
-        for land, v in sorted(at.items()):
-            s: dict[str, ArmSummary] = v["arms"]
-            other_best = min((x.median, a) for a, x in s.items() if a != OURS)
-            if s[OURS].median <= other_best[0] + 1e-12:
-                lowest.append(land)
-            else:
-                gaps.append(f"{land}: {s[OURS].median:.3f} vs {other_best[1]} {other_best[0]:.3f}")
-        need = math.ceil(0.75 * len(at))
-        rows.append(
-            GoalResult(
-                benchmark="search quality",
-                figure=f"landscapes where optimize has the lowest median regret (budget {GOAL_BUDGET})",
-                measured=f"{len(lowest)} of {len(at)}" + (f" ({', '.join(lowest)})" if lowest else ""),
-                goal=f"≥ {need} of {len(at)}",
-                met=len(lowest) >= need,
-                margin=(
-                    f"{len(lowest) - need:+d} landscapes" + (f"; behind on {'; '.join(gaps)}" if gaps else "")
-                ),
-                command=cmd,
-            )
-        )
-    worse = []
-    compared = 0
-    for (land, b), v in sorted(cells.items()):
-        s = v["arms"]
-        if OURS in s and "random" in s:
-            compared += 1
-            if s[OURS].median > s["random"].median + 1e-12:
-                worse.append(f"{land}@{b}: {s[OURS].median:.3f} vs {s['random'].median:.3f}")
-    if compared:
-        rows.append(
-            GoalResult(
-                benchmark="search quality",
-                figure="landscape × budget cells where optimize's median regret is above random search's",
-                measured=f"{len(worse)} of {compared}",
-                goal="0 (never worse than random)",
-                met=not worse,
-                margin="; ".join(worse) if worse else "never worse",
-                command=cmd,
-            )
-        )
-    return rows
-
-
 # --- main --------------------------------------------------------------------------------------------
 
 
@@ -498,7 +457,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument("--arms", default=",".join(ARMS))
     ap.add_argument("--landscapes", default=None, help="comma-separated subset")
     ap.add_argument("--out", default="search_quality", help="result name under bench/results/")
+    ap.add_argument(
+        "--reuse",
+        default=None,
+        help="result name under bench/results/ whose runs of the same (landscape, budget, seed, arm) are "
+        "taken instead of re-run (e.g. the other tools' runs after an engine change: same noise streams)",
+    )
     return ap.parse_args(argv)
+
+
+def reused_runs(name: str, lands: Mapping[str, Landscape], tasks: Sequence[Task]) -> list[RunResult]:
+    """The runs of ``tasks`` found in ``bench/results/<name>.json``, for landscapes whose exact
+    extremes there are the same as now (a changed landscape's old runs are never mixed in)."""
+    data = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    same = {
+        n
+        for n, d in data.get("landscapes", {}).items()
+        if n in lands and d["f_max"] == lands[n].extremes.f_max and d["f_min"] == lands[n].extremes.f_min
+    }
+    wanted = {(t.landscape, t.budget, t.seed, t.arm) for t in tasks if t.landscape in same}
+    out = [RunResult(**r) for r in data.get("runs", [])]
+    return [r for r in out if (r.landscape, r.budget, r.seed, r.arm) in wanted]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -526,8 +505,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{len(arms)} arms), {args.workers} workers",
         flush=True,
     )
+    reused = reused_runs(args.reuse, lands, tasks) if args.reuse else []
+    done = {(r.landscape, r.budget, r.seed, r.arm) for r in reused}
+    todo = [t for t in tasks if (t.landscape, t.budget, t.seed, t.arm) not in done]
+    if reused:
+        print(
+            f"search_quality: {len(reused)} runs reused from {args.reuse}.json, {len(todo)} to run",
+            flush=True,
+        )
     t0 = time.monotonic()
-    results = run_all_tasks(tasks, args.workers)
+    results = reused + run_all_tasks(todo, args.workers)
     elapsed = time.monotonic() - t0
     bad = [r for r in results if r.samples > r.budget]
     if bad:
@@ -540,7 +527,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else {}
     )
     print(markdown(cells, lands, ngopt))
-    rows = goals(cells, cmd)
+    rows = goals(cells, cmd, set(mixture_landscapes()))
     print()
     print(goal_rows_markdown(rows))
     print(f"\nsearch_quality: {elapsed:.0f} s wall")
@@ -553,6 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "seeds": seeds,
         "arms": arms,
         "elapsed_s": elapsed,
+        "reused": {"from": args.reuse, "runs": len(reused)} if args.reuse else None,
         "ngopt_delegates_to": ngopt,
         "landscapes": {
             n: {
