@@ -28,7 +28,13 @@ def test_kill9_inside_a_window_resumes_its_phase_once(workdir: Path) -> None:
                 "state_dir": str(workdir / "state"),
                 "socket": str(workdir / "k.sock"),
                 "seed": 5,
-                "dream": {"domains": ["cpu"], "population": 2, "trials": 1, "trial_seconds": 1},
+                "dream": {
+                    "domains": ["cpu"],
+                    "population": 2,
+                    "trials": 1,
+                    "trial_seconds": 1,
+                    "contamination": {"outside_cpu": 1.0},  # other work on the machine: see e2e_helpers
+                },
                 "phase": {
                     "window": {"start": start, "duration": 3600},
                     "qtime": {"epochs": 2, "slices": 4, "replicas": 2},
