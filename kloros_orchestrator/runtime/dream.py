@@ -432,6 +432,7 @@ class DreamLoop:
             trial_seconds=seconds,
             on_status=self.on_status,
             contamination=self.cfg.contamination,
+            racing=self.cfg.racing,
         )
         self.report(TournamentStarted(name, gen, now=self.clock()))
         if self.on_status is not None:

@@ -3,8 +3,10 @@
 Each round gives every surviving arm one trial per regime, in an order shuffled across arms and
 regimes so drift does not favour a side. The stock arm (the configuration found at start-up) runs in
 every round: every score is relative to it, measured in the same tournament. After each round the
-race eliminates candidates statistically behind the leader, so clear losers stop consuming
-stress-ng time; survivors get the full trial count. Knobs are restored when the tournament ends,
+race (Kim & Nelson's indifference-zone procedure, ``dream.racing``; engine/racing.py) eliminates
+candidates that trail the leader by more than its allowance, so clear losers stop consuming stress-ng
+time; once the race is decided (one survivor, or the allowance has shrunk to nothing) the tournament
+stops, since more rounds would not change the pick. Knobs are restored when the tournament ends,
 however it ends.
 
 Trials of process-scoped domains may run ``max_parallel`` at a time, each on its own disjoint CPU
@@ -34,7 +36,7 @@ import anyio
 import numpy as np
 from loguru import logger
 
-from kloros_orchestrator.config import ContaminationConfig
+from kloros_orchestrator.config import ContaminationConfig, RacingConfig
 from kloros_orchestrator.engine import Candidate, Race
 from kloros_orchestrator.measure.packs import round_score
 from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
@@ -117,6 +119,7 @@ class Tournament:
     trial_seconds: float | None = None
     on_status: Callable[[str], object] | None = None  # one-line status (sd_notify)
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
+    racing: RacingConfig = field(default_factory=RacingConfig)
 
     def __post_init__(self) -> None:
         self._walls: list[float] = []  # wall times of this tournament's trials (the ETA)
@@ -131,7 +134,12 @@ class Tournament:
             regimes=list(self.regimes),
             results={a: {r: [] for r in self.regimes} for a in self.arms},
             race=Race(
-                [c.cand_id for c in self.candidates], incumbent=None, max_rounds=self.trials, min_rounds=2
+                [c.cand_id for c in self.candidates],
+                incumbent=None,
+                max_rounds=self.trials,
+                min_rounds=2,
+                indifference=self.racing.indifference,
+                confidence=self.racing.confidence,
             ),
         )
         par = self.domain.parallel_limit(self.max_parallel)
@@ -162,8 +170,15 @@ class Tournament:
                     break
                 self._race_round()
                 rnd += 1
-                self._plan_total(self.trials - rnd)
+                decided = out.race.finished and rnd < self.trials
+                self._plan_total(0 if decided else self.trials - rnd)
                 self._log_round()
+                if decided:  # more rounds would not change the pick
+                    logger.info(
+                        "tournament {}: race decided after {} rounds: {}",
+                        self.domain.name, rnd, out.race.verdict(),
+                    )
+                    break
         finally:
             pr.arm = pr.regime = None
             with anyio.CancelScope(shield=True):
@@ -174,7 +189,7 @@ class Tournament:
 
     async def _round(self) -> None:
         out = self.outcome
-        # Survivors get the full trial count; the race only decides who stops early.
+        # The stock arm and every survivor; the race decides who stops early, and when all do.
         active = [STOCK_ARM] + [c for c in out.race.survivors() if c not in out.unsafe]
         order = [(a, r) for r in out.regimes for a in active]
         self.rng.shuffle(order)

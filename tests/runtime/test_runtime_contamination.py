@@ -25,7 +25,7 @@ from fakes import (
 )
 
 from kloros_orchestrator.cli import format_status
-from kloros_orchestrator.config import ContaminationConfig, PhaseConfig, QtimeConfig
+from kloros_orchestrator.config import ContaminationConfig, PhaseConfig, QtimeConfig, RacingConfig
 from kloros_orchestrator.core.coordinator import StartPhase
 from kloros_orchestrator.model import REGIMES, STOCK_ARM, THROUGHPUT, TrialResult
 from kloros_orchestrator.phase.worker import AnalysisRequest
@@ -64,7 +64,8 @@ def every_trial(out: TournamentOutcome) -> list[TrialResult]:
 async def test_a_contaminated_round_is_dropped_and_run_again_and_nothing_downstream_sees_it(
     tmp_path: Path,
 ) -> None:
-    rig, concluded = tune_rig(tmp_path)
+    # A δ far below the fake domain's gaps keeps the race open to the cap: three rounds to look at.
+    rig, concluded = tune_rig(tmp_path, racing=RacingConfig(indifference=1e-9))
     dirty: list[int] = []
 
     def outside(call: TrialCall) -> float:

@@ -107,7 +107,8 @@ async def test_a_whole_tournament_reports_writes_every_artifact_and_restores_the
     for regime in ("normal", "stress"):
         fresh = entries[TUNE][regime]
         assert fresh.baseline_id == f"{TUNE}_{regime}_run-test_g0" and fresh.genome == TUNE_STOCK
-        assert fresh.trials == 3 and fresh.kpis[THROUGHPUT] > 100.0
+        # One stock trial per round run (the tournament ends once the race is decided).
+        assert fresh.trials == rig.progress.round >= 2 and fresh.kpis[THROUGHPUT] > 100.0
 
     # Every candidate's genome was really written while its trials ran; everything is back now.
     for call in rig.runner.calls:
@@ -134,10 +135,12 @@ async def test_racing_stops_measuring_a_clearly_worse_candidate(rig: DreamRig) -
     rig.runner.effect = lambda g: -0.4 if dict(g) == loser.genome else 0.05
     with anyio.fail_after(10):
         await rig.loop.tournament(TUNE)
-    # Two regimes per round: the loser stopped after the race's two minimum rounds.
+    # Two regimes per round: the loser stopped after the race's two minimum rounds; the others run on
+    # while the race is open, and the tournament ends once it is decided (never past dream.trials).
     assert len(rig.runner.calls_of(loser.cand_id)) == 4
-    assert len(rig.runner.calls_of(STOCK_ARM)) == 6
-    assert max(len(rig.runner.calls_of(c.cand_id)) for c in asked) == 6
+    rounds = rig.progress.round
+    assert 2 <= rounds <= 3 and len(rig.runner.calls_of(STOCK_ARM)) == 2 * rounds
+    assert max(len(rig.runner.calls_of(c.cand_id)) for c in asked) == 2 * rounds
     line = next(x for x in history(rig) if x["cand_id"] == loser.cand_id)
     assert line["eliminated"] is True and line["trials_used"] == 4
     assert str(line["elimination"]).startswith("behind ")

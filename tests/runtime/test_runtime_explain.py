@@ -34,7 +34,7 @@ async def test_explain_says_why_each_candidate_ended_where_it_did(tmp_path: Path
     scored = next(x for x in lines if x.get("score") is not None and not x.get("eliminated"))
     text = "\n".join(explain(rig.paths, eliminated["cand_id"]))
     assert f"{eliminated['cand_id']} ({TUNE}, generation 0" in text
-    assert "race        eliminated after" in text and "behind" in text and "p=" in text
+    assert "race        eliminated after" in text and "behind" in text and "allowance" in text
     text = "\n".join(explain(rig.paths, scored["cand_id"], TUNE))
     assert "score       +" in text and "95% CI" in text and "the current configuration" in text
 

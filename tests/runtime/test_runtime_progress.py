@@ -10,9 +10,12 @@ import pytest
 from fakes import TUNE, DreamRig, dream_config, open_dream_rig, open_tune_domain
 from loguru import logger
 
+from kloros_orchestrator.config import RacingConfig
 from kloros_orchestrator.measure.packs import CandidatePack, PackAggregate
 from kloros_orchestrator.runtime.conclude import verdict_of
 from kloros_orchestrator.runtime.records import Progress, format_duration
+
+OPEN_RACE = RacingConfig(indifference=1e-9)  # far below the fake's gaps: the race never closes early
 
 
 def rig_with(tmp_path: Path, **cfg: Any) -> DreamRig:
@@ -22,7 +25,10 @@ def rig_with(tmp_path: Path, **cfg: Any) -> DreamRig:
 
 
 async def test_the_first_tournament_is_a_short_first_look_then_the_search_deepens(tmp_path: Path) -> None:
-    rig = rig_with(tmp_path, first_look_seconds=2.0, trials=4, min_trials=2, trial_seconds=None)
+    # A δ far below the fake's gaps keeps the race open, so the second tournament runs all its rounds.
+    rig = rig_with(
+        tmp_path, first_look_seconds=2.0, trials=4, min_trials=2, trial_seconds=None, racing=OPEN_RACE
+    )
     with anyio.fail_after(10):
         await rig.loop.tournament(TUNE)
         first = list(rig.runner.calls)
@@ -48,7 +54,7 @@ async def test_no_first_look_when_it_is_off(tmp_path: Path) -> None:
 
 
 async def test_progress_per_round_leader_eta_and_the_verdict_line(tmp_path: Path) -> None:
-    rig = rig_with(tmp_path, trials=3)
+    rig = rig_with(tmp_path, trials=3, racing=OPEN_RACE)  # open to the cap: three rounds
     lines: list[str] = []
     sink = logger.add(lambda m: lines.append(m.record["message"]), level="INFO")
     try:
