@@ -37,7 +37,15 @@ def config(workdir: Path, state_dir: Path) -> Path:
         "state_dir": str(state_dir),
         "socket": str(workdir / "k.sock"),
         "seed": 3,
-        "dream": {"domains": ["cpu"], "population": 2, "trials": 1, "trial_seconds": 1},
+        # Other work on a test machine must not stop the tournament as "host too busy" (contaminated
+        # rounds have their own tests: tests/runtime/test_runtime_contamination.py).
+        "dream": {
+            "domains": ["cpu"],
+            "population": 2,
+            "trials": 1,
+            "trial_seconds": 1,
+            "contamination": {"outside_cpu": 1.0},
+        },
         "phase": {"window": {"start": "now+3600", "duration": 120}, "trial_seconds": 1},
     }
     path = workdir / "dream.yaml"
