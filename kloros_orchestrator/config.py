@@ -125,6 +125,22 @@ class MetricsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     textfile: str | None = None
 
 
+class StudyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``study``: where D-REAM's work is kept (README, "Running a fleet"). ``local`` (the default) is
+    one host on its own; a ``postgresql://`` URI shares each domain's study with every daemon pointed
+    at the same database, study name and study key."""
+
+    store: str = "local"
+    name: str | None = None  # the fleet's label; required with a PostgreSQL store
+    host_id: str | None = None  # default: node name + a short hash of state_dir
+    lease_seconds: float | None = None  # default: 3 x a work unit's expected length, at least 30
+    heartbeat_seconds: float = 10.0
+
+    @property
+    def shared(self) -> bool:
+        return self.store != "local"
+
+
 class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     state_dir: str = "./var"
     socket: str | None = None  # default: <state_dir>/kloros.sock
@@ -139,6 +155,7 @@ class Config(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     phase: PhaseConfig = msgspec.field(default_factory=PhaseConfig)
     promotion: PromotionConfig = msgspec.field(default_factory=PromotionConfig)
     metrics: MetricsConfig = msgspec.field(default_factory=MetricsConfig)
+    study: StudyConfig = msgspec.field(default_factory=StudyConfig)
     log_file: str | None = None  # a copy of the log in this file; default: stderr (the journal) only
     # Per-domain options (command domains' command/knobs/kpis, storage device, generic domains).
     domain_options: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)

@@ -287,6 +287,57 @@ def check_paths(cfg: Config, report: Report) -> set[str]:
     return unusable
 
 
+MIN_LEASE_S: Final = 30.0
+MAX_STUDY_TEXT: Final = 200
+
+
+def _label_problem(text: str) -> str | None:
+    if not text.strip():
+        return "must not be empty"
+    if len(text) > MAX_STUDY_TEXT:
+        return f"at most {MAX_STUDY_TEXT} characters, got {len(text)}"
+    if not text.isprintable():
+        return "must be printable text"
+    return None
+
+
+def check_study(cfg: Config, report: Report, bad: set[str]) -> None:
+    """``study``: ``local`` or a PostgreSQL URI (never echoed: it may hold a password), a name when
+    shared, a printable host id, a lease of at least :data:`MIN_LEASE_S` and a heartbeat within it."""
+    from kloros_orchestrator.fleet.dsn import is_postgres_uri, scheme_of
+
+    st = cfg.study
+    if "study.store" not in bad and st.store != "local":
+        if not is_postgres_uri(st.store):
+            report(
+                "study.store",
+                "must be 'local' or a URI starting with postgresql:// or postgres://, "
+                f"got {scheme_of(st.store)}",
+            )
+        elif _control_char(st.store) is not None or any(ch.isspace() for ch in st.store):
+            report("study.store", "the URI contains whitespace or a control character")
+        if "study.name" not in bad and st.name is None:
+            report("study.name", "required when study.store is a database (the fleet's label)")
+    for key, value in (("study.name", st.name), ("study.host_id", st.host_id)):
+        problem = _label_problem(value) if value is not None and key not in bad else None
+        if problem is not None:
+            report(key, problem)
+    if "study.lease_seconds" not in bad and st.lease_seconds is not None:
+        problem = _seconds(float(st.lease_seconds), False, DAY_S)
+        if problem is None and st.lease_seconds < MIN_LEASE_S:
+            problem = f"at least {MIN_LEASE_S:g} s, got {st.lease_seconds:g}"
+        if problem is not None:
+            report("study.lease_seconds", problem)
+            bad.add("study.lease_seconds")
+    if "study.heartbeat_seconds" not in bad:
+        problem = _seconds(float(st.heartbeat_seconds), False, 3600.0)
+        lease = st.lease_seconds if "study.lease_seconds" not in bad else None
+        if problem is None and lease is not None and st.heartbeat_seconds * 2 > lease:
+            problem = f"at most half of study.lease_seconds ({lease:g} s), got {st.heartbeat_seconds:g}"
+        if problem is not None:
+            report("study.heartbeat_seconds", problem.replace("(one day)", "(one hour)"))
+
+
 def check_config(cfg: Config, file: str, problems: list[str], bad: set[str]) -> tuple[float, set[str]]:
     """Every check above on ``cfg``; ``bad`` holds keys already refused (their defaults are in ``cfg``).
 
@@ -304,6 +355,7 @@ def check_config(cfg: Config, file: str, problems: list[str], bad: set[str]) -> 
     if "phase.window.duration" not in bad:
         duration = check_window_duration(cfg.phase.window.duration, report)
     check_names(cfg, report)
+    check_study(cfg, report, bad)
     return duration, check_paths(cfg, report)
 
 

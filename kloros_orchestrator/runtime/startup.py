@@ -20,6 +20,7 @@ from kloros_orchestrator import __version__
 from kloros_orchestrator.config import LoadedConfig, class_options
 from kloros_orchestrator.core.coordinator import WindowOpened
 from kloros_orchestrator.errors import KlorosError, UnsafeStateDir
+from kloros_orchestrator.fleet.key import cpu_model, memory_gib
 from kloros_orchestrator.runtime.ports import EventLog
 from kloros_orchestrator.runtime.records import SavedState, read_saved_state
 from kloros_orchestrator.safefs import RefusedFile, open_regular
@@ -155,6 +156,9 @@ def manifest_fields(loaded: LoadedConfig, stress_ng: str, stress_ng_version: str
         "kernel": uname.release,
         "machine": uname.machine,
         "cpus": os.cpu_count(),
+        # With cpus, kernel and stress_ng_version: the host's part of a fleet's study key (None: unread).
+        "cpu_model": cpu_model(),
+        "memory_gib": memory_gib(),
         "stress_ng_version": stress_ng_version,
         "stress_ng": stress_ng,
         "seed": loaded.config.seed,
