@@ -43,7 +43,7 @@ def _brute_force(d: np.ndarray) -> float:
         for signs in itertools.product((0, 1), repeat=nz.size)
         if float(np.dot(signs, ranks)) >= observed - 1e-9
     )
-    return hits / 2**nz.size
+    return float(hits / 2 ** int(nz.size))
 
 
 @pytest.mark.parametrize(
