@@ -26,8 +26,9 @@ candidate against *its own* current configuration, interleaved with it in the sa
      3 hosts the signed-rank test cannot go below 1/8, the t-test can;
    * fewer than ``MIN_HOSTS`` scored hosts: no test, no fleet promotion.
 
-   Multiplicity as in D-REAM's claims: Bonferroni over the candidates tested (those with at least
-   ``MIN_HOSTS`` scored hosts), ``alpha = (1 − level) / k``.
+   Multiplicity: Bonferroni over the k candidates tested (those with at least ``MIN_HOSTS``
+   scored hosts), ``alpha = (1 − level) / k``, the correction a generation's best gets for the
+   candidates it was chosen from (``measure.packs.corrected_for_selection``).
 3. **Promoted fleet-wide** when the test passes (``p ≤ alpha``, fleet effect > 0) **and** no host
    is significantly worse — a host's own interval (``level``, two-sided, *not* corrected over
    hosts: a guard errs towards blocking) lies entirely below 0 — **and** the candidate is safe on
