@@ -428,6 +428,7 @@ class DreamLoop:
             progress=self.progress,
             rng=np.random.default_rng(seed_of(self.settings.seed, name, gen, "order")),
             trials=trials,
+            min_rounds=max(2, self.cfg.min_trials),
             max_parallel=self.cfg.max_parallel,
             trial_seconds=seconds,
             on_status=self.on_status,

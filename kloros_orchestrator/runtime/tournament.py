@@ -120,6 +120,9 @@ class Tournament:
     on_status: Callable[[str], object] | None = None  # one-line status (sd_notify)
     contamination: ContaminationConfig = field(default_factory=ContaminationConfig)
     racing: RacingConfig = field(default_factory=RacingConfig)
+    # Rounds every arm gets before a decided race may end the tournament: a pack needs this many
+    # successful trials per regime (dream.min_trials), so the winner is always scored.
+    min_rounds: int = 2
 
     def __post_init__(self) -> None:
         self._walls: list[float] = []  # wall times of this tournament's trials (the ETA)
@@ -170,7 +173,9 @@ class Tournament:
                     break
                 self._race_round()
                 rnd += 1
-                decided = out.race.finished and rnd < self.trials
+                survivors = bool(out.race.survivors())
+                scored = not survivors or rnd >= min(self.min_rounds, self.trials)
+                decided = out.race.finished and scored and rnd < self.trials
                 self._plan_total(0 if decided else self.trials - rnd)
                 self._log_round()
                 if decided:  # more rounds would not change the pick

@@ -625,3 +625,20 @@ async def test_collapse_of_results_that_do_not_fit_keeps_each_domain_apart(
     assert set(domains[TUNE]) == {"error"} and "not supported" in domains[TUNE]["error"]
     assert domains["cpu"]["baseline_regimes"] == ["idle"]
     assert [x["domain"] for x in history(rig, "phase_baseline")] == ["cpu"]
+
+
+async def test_a_race_decided_early_still_gives_the_winner_min_trials_rounds(tmp_path: Path) -> None:
+    # Every candidate but one fails in round 1: the race is decided (a lone survivor) after one round,
+    # but a pack needs min_trials successful trials per regime, so the tournament runs on to them.
+    tune = open_tune_domain(tmp_path)
+    rig = open_dream_rig(tmp_path / "state", {TUNE: tune}, config=dream_config(trials=5, min_trials=3))
+    rig.loop.restore({})
+    asked = rig.loop.searches[TUNE].engine.ask()
+    keep = asked[0].cand_id
+    rig.runner.fail = lambda c: "boom" if c.cand_id not in (keep, STOCK_ARM) else None
+    with anyio.fail_after(10):
+        await rig.loop.tournament(TUNE)
+    assert len(rig.runner.calls_of(keep)) == 2 * 3  # three rounds of two regimes, not one, not five
+    assert len(rig.runner.calls_of(STOCK_ARM)) == 2 * 3
+    pack = load_pack(rig.paths.candidates(TUNE) / "gen0_best.json")
+    assert pack.cand_id == keep and pack.aggregate.score_v2 is not None
