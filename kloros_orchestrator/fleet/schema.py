@@ -18,6 +18,9 @@ Version 1 (README, "Running a fleet"):
   again. ``done_by`` is the one host whose trial rows count for the unit.
 * ``trials``: one row per (study, generation, cand_id, round, host, regime, arm) — the primary key
   that makes a retried write insert nothing.
+
+Version 2 adds to ``generations`` the engine's state after the generation was asked, its rounds, and
+its conclusion (``concluded_at``, ``concluded_by``, ``verdict``): see ``fleet.generations``.
 """
 
 from __future__ import annotations
@@ -86,7 +89,18 @@ _V1: Final = (
             REFERENCES work_units (study_id, generation, cand_id, round))""",
 )
 
-MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1),)
+# Version 2: a generation carries the engine's state after it was asked (so a leader that takes over
+# tells the same engine), its rounds, and its conclusion (who concluded it, when, the fleet verdict).
+_V2: Final = (
+    """ALTER TABLE generations
+        ADD COLUMN engine jsonb,
+        ADD COLUMN rounds integer CHECK (rounds >= 1),
+        ADD COLUMN concluded_at timestamptz,
+        ADD COLUMN concluded_by text,
+        ADD COLUMN verdict jsonb""",
+)
+
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1), (2, _V2))
 LATEST: Final = MIGRATIONS[-1][0]
 
 

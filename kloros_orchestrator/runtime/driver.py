@@ -70,6 +70,7 @@ from kloros_orchestrator.phase.results import PhaseResults, latest_results, load
 from kloros_orchestrator.runtime.control import serve_control
 from kloros_orchestrator.runtime.dream import DreamLoop, DreamSettings
 from kloros_orchestrator.runtime.evaluate import Evaluator
+from kloros_orchestrator.runtime.fleet_work import dream_factory, fleet_status
 from kloros_orchestrator.runtime.host_keeper import HOST_COMMANDS, HostKeeper
 from kloros_orchestrator.runtime.metrics import MetricsFile
 from kloros_orchestrator.runtime.notify import Notifier, keep_watchdog
@@ -82,13 +83,7 @@ from kloros_orchestrator.runtime.phase_runner import (
 )
 from kloros_orchestrator.runtime.ports import DreamGate, EventLog, TrialRunner, jsonable
 from kloros_orchestrator.runtime.processes import is_subreaper, set_child_subreaper
-from kloros_orchestrator.runtime.records import (
-    LastPhase,
-    OpenWindow,
-    Progress,
-    iso,
-    save_state,
-)
+from kloros_orchestrator.runtime.records import LastPhase, OpenWindow, Progress, iso, save_state
 from kloros_orchestrator.runtime.signals import receive_stop_signals
 from kloros_orchestrator.runtime.startup import (
     host_timezone,
@@ -233,7 +228,7 @@ class Daemon:
         )
 
     def _make_dream(self, domains: dict[str, Any]) -> DreamLoop:
-        return DreamLoop(
+        return dream_factory(self.loaded, self.stress_ng, self.stress_ng_version)(  # fleet: a shared study
             DreamSettings(
                 dream=self.cfg.dream,
                 seed=self.cfg.seed,
@@ -459,6 +454,7 @@ class Daemon:
             "stress_ng": self.stress_ng_version,
             "phase": self.phase.progress,
             "host": self.keeper.status(),
+            **fleet_status(self.dream),
         }
 
     def _status_line(self) -> str:

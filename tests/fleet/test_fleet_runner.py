@@ -1,0 +1,170 @@
+"""The fleet work runner (runtime/fleet_work.py) against a real PostgreSQL, with fake evaluators:
+runners in one process share a generation, each unit measured exactly once; a runner that dies
+mid-unit leaves a lease another re-claims once it expires; a stopped runner gives its claim back."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import anyio
+import psycopg
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))  # the runtime tests' fakes
+
+from fakes import TUNE, FakeRunner, dream_config, open_tune_domain
+
+from kloros_orchestrator.model import Genome, TrialResult
+from kloros_orchestrator.runtime.dream import DreamSettings
+from kloros_orchestrator.runtime.fleet_work import FleetDreamLoop, FleetSettings, fleet_status
+from kloros_orchestrator.runtime.ports import DreamGate, EventLog
+from kloros_orchestrator.runtime.records import Progress
+from kloros_orchestrator.spica.base import SpicaDomain
+from kloros_orchestrator.store import StatePaths
+
+REGIMES = ("normal", "stress")
+POPULATION, ROUNDS = 3, 2
+UNITS = POPULATION * ROUNDS
+MANIFEST = {"cpus": 4, "kernel": "6.1.0", "stress_ng_version": "0.15.06", "cpu_model": "m", "memory_gib": 8}
+
+
+class SlowRunner(FakeRunner):
+    """The fake runner, taking a little real time per trial so that runners really interleave; with
+    ``hang`` set, its first trial never returns (a host that stops answering mid-unit)."""
+
+    hang: bool = False
+
+    async def run_trial(self, domain: SpicaDomain, genome: Genome, regime: str, **kw: Any) -> TrialResult:
+        if self.hang:
+            await anyio.sleep_forever()
+        await anyio.sleep(0.01)
+        return await super().run_trial(domain, genome, regime, **kw)
+
+
+def make_runner(
+    tmp_path: Path, dsn: str, host: str, *, lease_s: float = 30.0, hang: bool = False
+) -> FleetDreamLoop:
+    root = tmp_path / host
+    root.mkdir()
+    dom = open_tune_domain(root)
+    runner = SlowRunner(seed=len(host))
+    runner.hang = hang
+    paths = StatePaths(root / "state")
+    gate = DreamGate()
+    gate.open()
+    loop = FleetDreamLoop(
+        DreamSettings(
+            dream=dream_config(population=POPULATION, trials=ROUNDS), seed=11, n_boot=50,
+            regimes={TUNE: REGIMES},
+        ),
+        fleet=FleetSettings(
+            dsn=dsn, name="web", host_id=host, manifest=MANIFEST, lease_s=lease_s, heartbeat_s=0.2,
+            poll_s=0.05,
+        ),
+        domains={TUNE: dom}, evaluator=runner, paths=paths, events=EventLog(paths.events, runner.clock),
+        gate=gate, progress=Progress(), report=lambda _e: None, checkpoint=lambda: None,
+        time_to_window=lambda: None, clock=runner.clock, run_id=f"run-{host}", stress_ng_version="0.15.06",
+    )  # fmt: skip
+    loop.restore({})
+    return loop
+
+
+def _query(dsn: str, sql: str) -> list[tuple[Any, ...]]:
+    with psycopg.connect(dsn) as conn:
+        return list(conn.execute(sql).fetchall())
+
+
+@pytest.fixture
+def close_all() -> Iterator[list[FleetDreamLoop]]:
+    loops: list[FleetDreamLoop] = []
+    yield loops
+    for loop in loops:
+        loop._close()
+
+
+async def test_three_runners_complete_a_generation_each_unit_measured_once(
+    tmp_path: Path, fleet_dsn: str, close_all: list[FleetDreamLoop]
+) -> None:
+    loops = [make_runner(tmp_path, fleet_dsn, h) for h in ("a", "b", "c")]
+    close_all.extend(loops)
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            for loop in loops:
+                tg.start_soon(loop.tournament, TUNE)
+    units = _query(
+        fleet_dsn, "SELECT cand_id, round, state, done_by, claims FROM work_units WHERE generation = 0"
+    )
+    assert len(units) == UNITS and all(u[2] == "done" and u[4] == 1 for u in units), units
+    assert len({u[3] for u in units}) >= 2, "the work was shared"
+    per_unit = _query(
+        fleet_dsn, "SELECT cand_id, round, count(*), count(DISTINCT host) FROM trials GROUP BY 1, 2"
+    )
+    assert len(per_unit) == UNITS and all(n == 2 * len(REGIMES) and hosts == 1 for *_, n, hosts in per_unit)
+    assert sum(loop.units_done for loop in loops) == UNITS
+    gens = _query(fleet_dsn, "SELECT generation, concluded_by, verdict FROM generations ORDER BY generation")
+    assert [g[0] for g in gens] == [0, 1], "the leader concluded generation 0 and created the next"
+    leader = next(loop for loop in loops if loop.fleet.host_id == gens[0][1])
+    verdict = gens[0][2]
+    assert verdict["method"] == "host-blocked mean of paired unit scores"
+    assert set(verdict["told"]) == {c for c, *_ in units} and set(verdict["hosts"]) == {u[3] for u in units}
+    assert leader.progress.best[TUNE]["generation"] == 0
+    assert (leader.paths.candidates(TUNE) / "gen0_best.json").exists()
+    status = fleet_status(leader)["fleet"]
+    study = status["studies"][TUNE]
+    assert study["leader"] is True and study["name"] == "web" and len(study["key_digest"]) == 64
+    assert status["database"] == {"reachable": True, "unreachable_since": None} and status["spool"] == 0
+
+
+async def test_a_runner_gone_mid_unit_leaves_a_lease_another_reclaims_after_it_expires(
+    tmp_path: Path, fleet_dsn: str, close_all: list[FleetDreamLoop]
+) -> None:
+    dead = make_runner(tmp_path, fleet_dsn, "dead", lease_s=1.0, hang=True)
+    live = make_runner(tmp_path, fleet_dsn, "live", lease_s=30.0)
+    close_all.extend([dead, live])
+
+    async def vanish(_unit: Any) -> None:  # a SIGKILLed host tells the database nothing
+        return None
+
+    dead._release = vanish  # type: ignore[method-assign]
+    dead._renew = vanish  # type: ignore[method-assign]
+    with anyio.fail_after(60):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(dead.tournament, TUNE)
+            while dead.in_hand is None:
+                await anyio.sleep(0.01)
+            lost = dead.in_hand
+            tg.cancel_scope.cancel()
+    dead._close()  # its sessions end, like a killed process's: the leader lock moves
+    with anyio.fail_after(60):
+        await live.tournament(TUNE)
+    rows = _query(
+        fleet_dsn,
+        "SELECT state, done_by, claims FROM work_units"
+        f" WHERE generation = 0 AND cand_id = '{lost.cand_id}' AND round = {lost.round}",
+    )
+    assert rows == [("done", "live", 2)], "re-claimed once the dead host's lease expired"
+    units = _query(fleet_dsn, "SELECT state, done_by FROM work_units WHERE generation = 0")
+    assert len(units) == UNITS and all(u == ("done", "live") for u in units)
+    per_unit = _query(fleet_dsn, "SELECT cand_id, round, count(*) FROM trials GROUP BY 1, 2")
+    assert len(per_unit) == UNITS and all(n == 2 * len(REGIMES) for *_, n in per_unit)
+
+
+async def test_a_stopped_runner_gives_its_claim_back_at_once(
+    tmp_path: Path, fleet_dsn: str, close_all: list[FleetDreamLoop]
+) -> None:
+    loop = make_runner(tmp_path, fleet_dsn, "a", hang=True)
+    close_all.append(loop)
+    with anyio.fail_after(30):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(loop.tournament, TUNE)
+            while loop.in_hand is None:
+                await anyio.sleep(0.01)
+            tg.cancel_scope.cancel()  # SIGTERM cancels D-REAM like this
+    states = _query(fleet_dsn, "SELECT state, claimed_by, claims FROM work_units")
+    assert len(states) == UNITS and all(
+        s == ("open", None, c) for s, (_, _, c) in zip(states, states, strict=True)
+    )
+    assert sum(s[2] for s in states) == 1, "one unit was claimed, then released"
