@@ -38,6 +38,7 @@ def format_status(s: dict[str, Any]) -> str:
     ]
     lines[3:3] = _best_lines(s.get("best") or {}) + _phase_lines(s.get("phase"))
     lines += _host_lines(s.get("host") or {}, s.get("backoff") or {})
+    lines += _fleet_lines(s.get("fleet"))
     problem = (s.get("contamination") or {}).get("problem")
     if problem:
         lines.append(f"contamination cannot be detected: {problem}")
@@ -106,6 +107,30 @@ def _host_lines(host: dict[str, Any], backoff: dict[str, Any]) -> list[str]:
             lines.append(f"problem     {name}: {d['note']}")
     for name, b in backoff.items():
         lines.append(f"backed off  {name} until {when(b.get('until'))}: {b.get('reason')}")
+    return lines
+
+
+def _fleet_lines(f: dict[str, Any] | None) -> list[str]:
+    """The shared study: store (password hidden), this host, the database, each domain's study."""
+    if not f:
+        return []
+    db = f.get("database") or {}
+    reach = (
+        "reachable" if db.get("reachable", True) else f"unreachable since {when(db.get('unreachable_since'))}"
+    )
+    u = f.get("units") or {}
+    lines = [
+        f"fleet       {f.get('name')} at {f.get('store')} as {f.get('host_id')}: database {reach}; "
+        f"units claimed {u.get('claimed', 0)}, done {u.get('done', 0)}; spool {f.get('spool', 0)}"
+    ]
+    for name, st in (f.get("studies") or {}).items():
+        units = st.get("units") or {}
+        lines.append(
+            f"study       {name}: {st.get('name')} key {str(st.get('key_digest'))[:12]}, "
+            f"{st.get('hosts_alive')} host(s) alive, {'leader' if st.get('leader') else 'not leader'}, "
+            f"gen {st.get('generation')}: {units.get('done', 0)} done, {units.get('claimed', 0)} claimed, "
+            f"{units.get('open', 0)} open"
+        )
     return lines
 
 

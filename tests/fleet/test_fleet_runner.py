@@ -23,6 +23,7 @@ from kloros_orchestrator.runtime.fleet_work import FleetDreamLoop, FleetSettings
 from kloros_orchestrator.runtime.ports import DreamGate, EventLog
 from kloros_orchestrator.runtime.records import Progress
 from kloros_orchestrator.spica.base import SpicaDomain
+from kloros_orchestrator.status_text import format_status
 from kloros_orchestrator.store import StatePaths
 
 REGIMES = ("normal", "stress")
@@ -116,6 +117,8 @@ async def test_three_runners_complete_a_generation_each_unit_measured_once(
     study = status["studies"][TUNE]
     assert study["leader"] is True and study["name"] == "web" and len(study["key_digest"]) == 64
     assert status["database"] == {"reachable": True, "unreachable_since": None} and status["spool"] == 0
+    text = format_status({"state": "evolving", "fleet": status})
+    assert "database reachable" in text and f"{study['hosts_alive']} host(s) alive, leader, gen 1" in text
 
 
 async def test_a_runner_gone_mid_unit_leaves_a_lease_another_reclaims_after_it_expires(
