@@ -20,6 +20,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import anyio
 import msgspec
@@ -59,6 +60,9 @@ FAILURE_BACKOFF_S = 30.0
 # A domain whose knobs another tool keeps rewriting sits out, doubling from DRIFT_BACKOFF_S.
 DRIFT_BACKOFF_S = 600.0
 DRIFT_BACKOFF_MAX_S = 6 * 3600.0
+# A domain whose tournaments keep stopping as "host too busy" sits out too, doubling from BUSY_BACKOFF_S
+# (its stress-ng would only add to the load it cannot measure through).
+BUSY_BACKOFF_S = 300.0
 
 
 @dataclass(frozen=True)
@@ -149,7 +153,8 @@ class DreamLoop:
         self.host_lock = host_lock or anyio.Lock()
         self.before_tournament = before_tournament
         self.phase_stock: dict[str, Genome] = {}  # the stock arms handed to the last PHASE
-        self._drift_streak: dict[str, int] = {}  # tournaments in a row stopped by knob drift
+        # Tournaments in a row stopped by knob drift ("drift") or as host too busy ("busy"), per domain.
+        self._streaks: dict[tuple[str, str], int] = {}
         self.searches: dict[str, DomainSearch] = {}
         self.domain_index = 0
         self.best_history: deque[float] = deque(maxlen=ROLLING)
@@ -333,23 +338,29 @@ class DreamLoop:
 
     def _back_off(self, name: str, drift: list[str]) -> None:
         """Another tool keeps rewriting this domain's knobs: stop fighting it for a while."""
-        streak = self._drift_streak.get(name, 0) + 1
-        self._drift_streak[name] = streak
-        seconds = min(DRIFT_BACKOFF_MAX_S, DRIFT_BACKOFF_S * 2 ** (streak - 1))
-        until = self.clock() + seconds
-        reason = (
+        why = (
             f"another tool keeps rewriting its knobs ({len(drift)} trials failed as knob drift; last: "
-            f"{drift[-1].removeprefix('knob drift: ')[:200]}); backing off for {seconds:.0f} s"
+            f"{drift[-1].removeprefix('knob drift: ')[:200]})"
         )
+        self._sit_out(name, "drift", DRIFT_BACKOFF_S, why, drift=drift[-3:])
+
+    def _sit_out(self, name: str, kind: str, first_s: float, why: str, **fields: Any) -> None:
+        """Back the domain off for ``first_s`` doubling per stop of this kind in a row (at most 6 h)."""
+        streak = self._streaks.get((name, kind), 0) + 1
+        self._streaks[(name, kind)] = streak
+        seconds = min(DRIFT_BACKOFF_MAX_S, first_s * 2 ** (streak - 1))
+        until = self.clock() + seconds
+        reason = f"{why}; backing off for {seconds:.0f} s"
         self.progress.backoff[name] = {"until_ts": until, "until": iso(until), "reason": reason}
-        self.events.record("domain_backoff", domain=name, seconds=seconds, reason=reason, drift=drift[-3:])
+        self.events.record("domain_backoff", domain=name, seconds=seconds, reason=reason, **fields)
         logger.warning("domain {}: {}", name, reason)
 
     async def _pace_after_cycle(self) -> None:
         backed = [float(b["until_ts"]) for n, b in self.progress.backoff.items() if n in self.searches]
         if backed and len(backed) == len(self.searches):
             wait = max(self.cfg.pacing.min_sleep_s, min(backed) - self.clock())
-            self._record_pacing(wait, "every domain is backed off (knob drift)", {}, defer=False)
+            why = "every domain is backed off (knob drift or a busy host)"
+            self._record_pacing(wait, why, {}, defer=False)
             await self.gate.pace(wait)
             return
         rate = None
@@ -446,7 +457,7 @@ class DreamLoop:
         out = await t.run()
         self._record_contaminated(name, gen, out)
         if out.busy is not None:
-            self._not_concluded(s, gen, out.busy)
+            self._not_concluded(s, gen, out.busy, out.duration_s)
             return None
         for cid, why in out.race.eliminated.items():
             self.events.record("race_eliminated", domain=name, generation=gen, cand_id=cid, reason=why)
@@ -462,7 +473,8 @@ class DreamLoop:
         if out.drift_stopped:
             self._back_off(name, out.drift)
         else:
-            self._drift_streak.pop(name, None)
+            self._streaks.pop((name, "drift"), None)
+        self._streaks.pop((name, "busy"), None)
         s.durations.append(out.duration_s)
         s.generation = gen + 1
         s.committed = s.engine.state()
@@ -488,7 +500,7 @@ class DreamLoop:
                 "round_contaminated", domain=name, generation=gen, round=c.round, trials=trials
             )
 
-    def _not_concluded(self, s: DomainSearch, gen: int, why: str) -> None:
+    def _not_concluded(self, s: DomainSearch, gen: int, why: str, duration_s: float) -> None:
         """A tournament stopped because the host was too busy: nothing of it is concluded (no pack, no
         baseline, no hall of fame, the engine not told). The engine goes back to its snapshot from
         before the tournament, so the same generation is asked again next time; the last verdict stands,
@@ -497,6 +509,9 @@ class DreamLoop:
         s.engine = Evolution.from_state(s.committed)
         self.progress.tournaments += 1
         self.events.record("tournament_not_concluded", domain=name, generation=gen, reason=why)
+        s.durations.append(duration_s)  # its stress-ng time counts for pacing all the same
+        # Back off rather than run stress-ng back to back on a host we cannot measure on.
+        self._sit_out(name, "busy", BUSY_BACKOFF_S, f"tournaments stop as {why[:200]}")
         self.checkpoint()
         self.report(TournamentDone(name, gen, now=self.clock()))
 

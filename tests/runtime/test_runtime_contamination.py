@@ -29,6 +29,7 @@ from kloros_orchestrator.config import ContaminationConfig, PhaseConfig, QtimeCo
 from kloros_orchestrator.core.coordinator import StartPhase
 from kloros_orchestrator.model import REGIMES, STOCK_ARM, THROUGHPUT, TrialResult
 from kloros_orchestrator.phase.worker import AnalysisRequest
+from kloros_orchestrator.runtime.dream import BUSY_BACKOFF_S
 from kloros_orchestrator.runtime.driver import Daemon
 from kloros_orchestrator.runtime.phase_runner import PhaseRunner, PhaseSettings, analyze_in_thread
 from kloros_orchestrator.runtime.records import DomainProgress, HallOfFameEntry
@@ -147,6 +148,14 @@ async def test_past_max_reruns_the_tournament_stops_unconcluded_and_asks_the_sam
     text = format_status({"state": "evolving", **st, "contamination": {"detectable": True, "problem": None}})
     assert f"stopped: {reason}" in text and "3 contaminated round(s) dropped" in text
     assert "cannot be detected" not in text
+
+    # Rather than run stress-ng back to back on a host it cannot measure on, the domain sits out
+    # (doubling like the knob-drift back-off), and the stopped tournament's time counts for pacing.
+    backed = rig.progress.backoff[TUNE]
+    assert backed["until_ts"] - rig.clock() == pytest.approx(BUSY_BACKOFF_S)
+    assert backed["reason"].startswith("tournaments stop as host too busy: 3 contaminated round(s)")
+    [sat_out] = rig.events.named("domain_backoff")
+    assert sat_out["seconds"] == BUSY_BACKOFF_S and len(s.durations) == 1
 
     # The host calms down: the same generation's candidates are measured again, and concluded.
     rig.runner.outside = lambda call: CLEAN

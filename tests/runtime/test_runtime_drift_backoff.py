@@ -31,7 +31,7 @@ from kloros_orchestrator.runtime.tournament import DRIFT_LIMIT
 from kloros_orchestrator.store import read_jsonl
 
 DRIFTED = "/fake/proc/sys/vm/swappiness"
-ALL_BACKED_OFF = "every domain is backed off (knob drift)"
+ALL_BACKED_OFF = "every domain is backed off (knob drift or a busy host)"
 
 
 def drift_text(call: TrialCall) -> str:
