@@ -58,6 +58,11 @@ class HostCpu:
     online: int
 
 
+# The fewest CPU ticks (interval × online CPUs × ticks per second) a share is computed over: at 50 one
+# tick is at most 2 % of it. Shorter intervals (a workload that exits at once) have no share.
+MIN_TICKS: Final = 50.0
+
+
 def parse_proc_stat(text: str, ticks_per_s: float) -> HostCpu:
     """The busy seconds and online CPU count in a ``/proc/stat`` text; ValueError when it has none."""
     busy: float | None = None
@@ -154,9 +159,13 @@ class OutsideMeter:
         elapsed = self.clock() - start.at
         if host is None or elapsed <= 0:
             return None
+        if elapsed * host.online * self.ticks_per_s < MIN_TICKS:
+            # /proc/stat counts whole ticks: over a few of them one tick more or less is a large share
+            # (an 8 ms interval on 2 CPUs: one tick is 62 %), so a share that short is no measurement.
+            return None
         own = self.own()
         outside = (host.busy_s - start.host.busy_s) - (own - start.own_s)
         return round(min(1.0, max(0.0, outside / (elapsed * host.online))), 4)
 
 
-__all__ = ["HostCpu", "Mark", "OutsideMeter", "own_cpu_s", "parse_proc_stat"]
+__all__ = ["MIN_TICKS", "HostCpu", "Mark", "OutsideMeter", "own_cpu_s", "parse_proc_stat"]

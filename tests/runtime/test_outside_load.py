@@ -23,7 +23,7 @@ from kloros_orchestrator.config import load_config
 from kloros_orchestrator.measure.sensors import discover_sensors
 from kloros_orchestrator.model import TrialResult
 from kloros_orchestrator.runtime.evaluate import Evaluator
-from kloros_orchestrator.runtime.outside_load import OutsideMeter, own_cpu_s, parse_proc_stat
+from kloros_orchestrator.runtime.outside_load import MIN_TICKS, OutsideMeter, own_cpu_s, parse_proc_stat
 from kloros_orchestrator.runtime.processes import is_subreaper, set_child_subreaper
 from kloros_orchestrator.spica.domains.cpu import SpicaCpu
 from kloros_orchestrator.spica.knobs import KnobJournal
@@ -138,6 +138,21 @@ def test_no_elapsed_time_is_no_measurement(tmp_path: Path) -> None:
     fake.write(stat_text(user=1, nice=0, system=1, idle=1))
     meter = fake.meter()
     assert meter.share(meter.mark()) is None
+
+
+def test_an_interval_of_a_few_ticks_is_no_measurement(tmp_path: Path) -> None:
+    # A workload that exits at once: 8 ms on 2 CPUs is 1.6 ticks at 100 Hz; one tick of someone else's
+    # would read as 62 % and make the round contaminated. Below MIN_TICKS there is no share.
+    fake = FakeHost(tmp_path / "proc")
+    fake.write(stat_text(user=1000, nice=0, system=500, idle=9000))
+    meter = fake.meter()
+    mark = meter.mark()
+    fake.write(stat_text(user=1001, nice=0, system=500, idle=9000))
+    fake.now += 0.008
+    assert meter.share(mark) is None
+    fake.now += 0.25 - 0.008  # 50 ticks of capacity: a share again (1 tick = 2 %)
+    assert meter.share(mark) == pytest.approx(0.02)
+    assert MIN_TICKS == 50
 
 
 def test_the_evaluator_marks_a_trial_contaminated_only_above_a_known_threshold(tmp_path: Path) -> None:
