@@ -122,7 +122,7 @@ def analyze_domain(
     base_means = means(base_arrays)
     variants = [
         evaluate_variant(
-            domain, vid, info, by_variant.get(vid, []), base_trials, base_arrays, seed, n_boot, level
+            domain, vid, info, by_variant.get(vid, []), base_trials, seed, n_boot, level
         )
         for vid, info in data.variants.items()
     ]

@@ -23,9 +23,9 @@ import numpy as np
 import numpy.typing as npt
 
 from kloros_orchestrator.measure.arms import stressor_means, stressor_values
-from kloros_orchestrator.measure.scoring import score_candidate, score_terms
+from kloros_orchestrator.measure.scoring import score_candidate, score_terms, stressor_ratio
 from kloros_orchestrator.measure.stats import bootstrap_mean_ci, paired_p_value, paired_score_ci
-from kloros_orchestrator.model import REGIMES, STANDARD_KPIS, STOCK_ARM
+from kloros_orchestrator.model import REGIMES, STANDARD_KPIS, STOCK_ARM, THROUGHPUT
 from kloros_orchestrator.phase.records import DomainData, TrialRecord, VariantInfo
 
 FloatArray = npt.NDArray[np.float64]
@@ -161,18 +161,22 @@ def _score(trials: Sequence[TrialRecord], base_trials: Sequence[TrialRecord]) ->
 
 
 def _paired_columns(
-    pairs: Sequence[tuple[TrialRecord, TrialRecord]],
+    pairs: Sequence[tuple[TrialRecord, TrialRecord]], terms: Sequence[str], per_stressor: bool
 ) -> tuple[dict[str, FloatArray], dict[str, FloatArray], dict[str, FloatArray], dict[str, FloatArray]]:
-    """One regime's pairs as arrays, one value per pair: the KPIs finite in every pair on both sides,
-    and each side's stressor rates where ``stressor_values`` accepts them."""
-    kpis = set.intersection(*(set(c.kpis) & set(b.kpis) for c, b in pairs))
-    cand: dict[str, FloatArray] = {}
-    base: dict[str, FloatArray] = {}
-    for kpi in sorted(kpis):
-        values = np.asarray([(c.kpis[kpi], b.kpis[kpi]) for c, b in pairs], dtype=np.float64)
-        if np.all(np.isfinite(values)):
-            cand[kpi], base[kpi] = values[:, 0], values[:, 1]
-    rates = stressor_values([c for c, _ in pairs]), stressor_values([b for _, b in pairs])
+    """One regime's pairs as arrays, one value per pair, for exactly the point score's formula: its
+    ``terms`` (a pair missing one of them on either side is dropped, never the term) and, when the
+    point used per-stressor throughput, each side's stressor rates (pairs without them dropped)."""
+
+    def carries(c: TrialRecord, b: TrialRecord) -> bool:
+        finite = all(math.isfinite(t.kpis.get(k, math.nan)) for t in (c, b) for k in terms)
+        return finite and (not per_stressor or stressor_values([c, b]) is not None)
+
+    kept = [(c, b) for c, b in pairs if carries(c, b)]
+    cand = {k: np.asarray([c.kpis[k] for c, _ in kept], dtype=np.float64) for k in terms}
+    base = {k: np.asarray([b.kpis[k] for _, b in kept], dtype=np.float64) for k in terms}
+    if not per_stressor or not kept:
+        return cand, base, {}, {}
+    rates = stressor_values([c for c, _ in kept]), stressor_values([b for _, b in kept])
     cand_s, base_s = ({s: np.asarray(v, dtype=np.float64) for s, v in (r or {}).items()} for r in rates)
     return cand, base, cand_s, base_s
 
@@ -180,23 +184,25 @@ def _paired_columns(
 def _paired_ci(
     trials: Sequence[TrialRecord],
     base_trials: Sequence[TrialRecord],
-    scored: Iterable[str],
+    formula: Mapping[str, tuple[tuple[str, ...], bool]],
     rng: np.random.Generator,
     n_boot: int,
     level: float,
 ) -> Interval | None:
-    """The score interval over the (epoch, slice, replica) pairs; None unless every ``scored`` regime
-    has at least two pairs of usable trials (one pair has no spread: no interval, no claim)."""
+    """The score interval over the (epoch, slice, replica) pairs, with the point score's ``formula``
+    per scored regime (its KPI terms, per-stressor or not); None unless every scored regime keeps at
+    least two pairs that carry that formula (one pair has no spread: no interval, no claim)."""
     base = _pair_keys(base_trials)
     pairs: dict[str, list[tuple[TrialRecord, TrialRecord]]] = defaultdict(list)
     for key, c in _pair_keys(trials).items():
         b = base.get(key)
         if b is not None and usable(c) and usable(b):
             pairs[c.regime].append((c, b))
-    regimes = list(scored)
-    if not regimes or any(len(pairs.get(r, ())) < 2 for r in regimes):
+    if not formula:
         return None
-    columns = {r: _paired_columns(pairs[r]) for r in regimes}
+    columns = {r: _paired_columns(pairs.get(r, []), *formula[r]) for r in formula}
+    if any(len(c[0][THROUGHPUT]) < 2 for c in columns.values()):
+        return None
     try:
         return paired_score_ci(
             {r: c[0] for r, c in columns.items()},
@@ -207,8 +213,23 @@ def _paired_ci(
             n_boot=n_boot,
             level=level,
         )
-    except ValueError:  # no regime scorable from the pairs alone (throughput missing in a pair)
+    except ValueError:  # no regime scorable from the pairs alone
         return None
+
+
+def _formula(
+    trials: Sequence[TrialRecord], base_trials: Sequence[TrialRecord]
+) -> dict[str, tuple[tuple[str, ...], bool]]:
+    """Per regime the point score uses: its KPI terms, and whether throughput is per stressor."""
+    cand_means, base_means = means(kpi_arrays(trials)), means(kpi_arrays(base_trials))
+    cand_tab, base_tab = stressor_mean_table(trials), stressor_mean_table(base_trials)
+    out: dict[str, tuple[tuple[str, ...], bool]] = {}
+    for r, m in cand_means.items():
+        terms = score_terms(m, base_means[r]) if r in base_means else None
+        if terms is not None:
+            ratio = stressor_ratio(cand_tab[r], base_tab[r]) if r in cand_tab and r in base_tab else None
+            out[r] = (terms, ratio is not None)
+    return out
 
 
 def evaluate_variant(
@@ -217,7 +238,6 @@ def evaluate_variant(
     info: VariantInfo,
     trials: Sequence[TrialRecord],
     base_trials: Sequence[TrialRecord],
-    base_arrays: Mapping[str, Mapping[str, FloatArray]],
     seed: int,
     n_boot: int,
     level: float,
@@ -226,9 +246,7 @@ def evaluate_variant(
     score = _score(trials, base_trials)
     ci = None
     if score is not None:
-        cand_means, base_means = means(kpi_arrays(trials)), means(base_arrays)
-        scored = [r for r, m in cand_means.items() if r in base_means and score_terms(m, base_means[r])]
-        ci = _paired_ci(trials, base_trials, scored, rng, n_boot, level)
+        ci = _paired_ci(trials, base_trials, _formula(trials, base_trials), rng, n_boot, level)
         # The interval is of the pairs; the point score uses every usable trial: contain it.
         ci = None if ci is None else (min(ci[0], score), max(ci[1], score))
     epochs = sorted({t.epoch for t in trials if usable(t)})

@@ -18,7 +18,7 @@ from kloros_orchestrator.phase.analysis import (
     VariantInfo,
     analyze_domain,
 )
-from kloros_orchestrator.phase.evidence import kpi_arrays
+from kloros_orchestrator.phase.evidence import evaluate_variant, kpi_arrays
 from kloros_orchestrator.phase.qtime import QtimeSpec, build_plan
 from kloros_orchestrator.phase.results import VariantSummary
 
@@ -116,3 +116,45 @@ def test_a_trial_record_keeps_the_trials_stressor_rates() -> None:
     rec = TrialRecord.from_trial(tr, epoch=0, variant_id="c", replica=0)
     assert rec.stressor_ops == {"cpu": 2.0, "vm": 1.0}
     assert TrialRecord(0, "idle", "c", ok=True).stressor_ops == {}  # older records: the sum is scored
+
+
+def _records(
+    vid: str, tp: float, p95: float, seed: int, drop_p95_at: tuple[int, int] | None = None
+) -> list[TrialRecord]:
+    rng = np.random.default_rng(seed)
+    out: list[TrialRecord] = []
+    for epoch in range(2):
+        for replica in range(3):
+            k = {
+                THROUGHPUT: tp * (1 + 0.005 * rng.standard_normal()),
+                P95: p95 * (1 + 0.02 * rng.standard_normal()),
+            }
+            if drop_p95_at == (epoch, replica):
+                del k[P95]
+            out.append(
+                TrialRecord(
+                    epoch=epoch,
+                    regime="normal",
+                    variant_id=vid,
+                    ok=True,
+                    kpis=k,
+                    replica=replica,
+                    stressor_ops={"cpu": k[THROUGHPUT]},
+                )
+            )
+    return out
+
+
+@pytest.mark.parametrize("drop", [None, (1, 2)])
+def test_a_pair_missing_a_term_is_dropped_from_the_interval_not_the_term(
+    drop: tuple[int, int] | None,
+) -> None:
+    # +1 % throughput but +60 % p95: the score is about 0.01 - 0.2 * 0.6 = -0.11, clearly below 0. A
+    # baseline trial without p95 must not make the interval forget the latency term (it did: the
+    # interval then reached +0.015 and the variant was no longer flagged).
+    cand = _records("v1", 1010.0, 160.0, seed=1)
+    base = _records(STOCK_ARM, 1000.0, 100.0, seed=2, drop_p95_at=drop)
+    info = VariantInfo(genome={}, spica_id="s", cand_id="v1")
+    v = evaluate_variant("d", "v1", info, cand, base, seed=0, n_boot=2000, level=0.95)
+    assert v.score is not None and v.score == pytest.approx(-0.11, abs=0.01)
+    assert v.ci is not None and v.ci[1] < -0.08
