@@ -43,7 +43,7 @@ import numpy as np
 from benchlib import command_line, machine_info, machine_line, write_json
 from loguru import logger
 
-from kloros_orchestrator.config import load_config
+from kloros_orchestrator.config import ContaminationConfig, load_config
 from kloros_orchestrator.measure.sensors import discover_sensors
 from kloros_orchestrator.model import THROUGHPUT, TrialResult
 from kloros_orchestrator.runtime.evaluate import Evaluator
@@ -52,6 +52,8 @@ from kloros_orchestrator.spica.knobs import KnobJournal
 
 DOMAIN = "cpu"
 GOAL_MIXED_CV = 0.10
+# The daemon's default threshold (dream.contamination.outside_cpu): trials above it would be dropped.
+OUTSIDE_CPU = ContaminationConfig().outside_cpu
 ISSUE_OLD_CV = {"mixed": 0.356, "normal": 0.159, "stress": 0.020}  # the old KPI, as the issue measured it
 
 
@@ -80,12 +82,24 @@ def leave_one_out_ratios(rates: Sequence[Mapping[str, float]]) -> list[float] | 
     return [float(x) for x in np.exp(np.log(table / others).mean(axis=1))]
 
 
-def summarise(trials: Mapping[str, Sequence[TrialResult]]) -> dict[str, dict[str, Any]]:
+def clean(trials: Sequence[TrialResult], outside_cpu: float) -> list[TrialResult]:
+    """The successful trials the daemon would keep: outside CPU measured and at most ``outside_cpu``."""
+    return [t for t in trials if t.ok and t.outside_cpu is not None and t.outside_cpu <= outside_cpu]
+
+
+def summarise(
+    trials: Mapping[str, Sequence[TrialResult]], outside_cpu: float = OUTSIDE_CPU
+) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     for regime, ts in trials.items():
         ok = [t for t in ts if t.ok]
         ratios = leave_one_out_ratios([t.stressor_ops for t in ok])
+        kept = clean(ts, outside_cpu)
+        kept_ratios = leave_one_out_ratios([t.stressor_ops for t in kept])
         out[regime] = {
+            "clean": len(kept),
+            "cv_throughput_ops_clean": cv([t.kpis[THROUGHPUT] for t in kept if THROUGHPUT in t.kpis]),
+            "cv_per_stressor_clean": None if kept_ratios is None else cv(kept_ratios),
             "trials": len(ts),
             "ok": len(ok),
             "failures": [t.failure for t in ts if not t.ok],
@@ -137,13 +151,15 @@ def _pct(x: float | None) -> str:
 
 def table(summary: Mapping[str, Mapping[str, Any]]) -> str:
     rows = [
-        "| regime | stressors | ok/trials | CV throughput_ops | CV per-stressor ratio | issue (old KPI) |",
-        "|---|---|---|---|---|---|",
+        "| regime | stressors | ok/trials | CV throughput_ops | CV per-stressor ratio "
+        "| clean trials | CV throughput_ops, clean | CV per-stressor, clean | issue (old KPI) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for regime, s in summary.items():
         rows.append(
             f"| {regime} | {', '.join(s['stressors']) or '—'} | {s['ok']}/{s['trials']} "
             f"| {_pct(s['cv_throughput_ops'])} | {_pct(s['cv_per_stressor'])} "
+            f"| {s['clean']} | {_pct(s['cv_throughput_ops_clean'])} | {_pct(s['cv_per_stressor_clean'])} "
             f"| {_pct(ISSUE_OLD_CV.get(regime))} |"
         )
     return "\n".join(rows)
