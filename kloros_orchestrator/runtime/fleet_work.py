@@ -11,7 +11,8 @@ waits on the gate and paces exactly as D-REAM does; only a domain's *turn* (one 
 2. **Lead**: every step tries the study's leader lock (``fleet.leader``: a session-level advisory
    lock, so it moves to another host when the leader's session ends). The leader creates the first
    generation from its engine; when every unit of the newest generation is done it concludes it
-   (``fleet_unit.conclude_rows``: packs, the hall of fame, the fleet verdict with hosts as blocks),
+   (``fleet_unit.conclude_rows``: packs and the hall of fame; ``fleet.verdict``: each
+   candidate's fleet verdict with hosts as blocks, whose effect the engine is told),
    tells the engine, asks it for the next generation and records both in one transaction
    (``fleet.generations``), so a leader dying half-way leaves nothing half-done.
 3. **Work**: every host, the leader included, claims one unit at a time (``FOR UPDATE SKIP
@@ -37,6 +38,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import anyio
+import msgspec
 import numpy as np
 from loguru import logger
 
@@ -48,6 +50,7 @@ from kloros_orchestrator.fleet.errors import FleetError
 from kloros_orchestrator.fleet.key import study_key
 from kloros_orchestrator.fleet.records import UnitResult, WorkUnit
 from kloros_orchestrator.fleet.spool import TrialSpool, spool_path
+from kloros_orchestrator.fleet.verdict import FleetTrial, FleetVerdict, fleet_verdicts
 from kloros_orchestrator.runtime.conclude import entry_from_pack, promote, verdict_of
 from kloros_orchestrator.runtime.dream import DreamLoop, DreamSettings, seed_of
 from kloros_orchestrator.runtime.fleet_unit import UnitPlan, conclude_rows, measure_unit
@@ -357,6 +360,10 @@ class FleetDreamLoop(DreamLoop):
         packs = self.concluder.conclude(
             s.domain, gen, s.stock, fc.outcome, self.evaluator.missing_reasons(), rng
         )
+        fleet = _fleet_verdicts(rows, self.settings.seed, self.settings.n_boot)
+        for cid, v in fleet.items():  # hosts as blocks (fleet/verdict.py): the effect the engine is told
+            if v.effect is not None and fc.told.get(cid) is not None:
+                fc.told[cid] = v.effect
         engine.tell([(c, fc.told.get(c.cand_id)) for c in cands])
         for note in engine.adapt():
             self.events.record("search_space_adapted", domain=name, generation=gen, change=note)
@@ -364,6 +371,9 @@ class FleetDreamLoop(DreamLoop):
         best_id = max(scored, key=lambda c: scored[c]) if scored else None
         said = verdict_of(packs.best, s.stock)
         verdict = fc.verdict(best_id, said["text"])
+        verdict["method"] = "fleet/verdict.py: per-host paired scores, hosts as blocks"
+        verdict["verdicts"] = {cid: msgspec.to_builtins(v) for cid, v in fleet.items()}
+        verdict["promoted"] = sorted(cid for cid, v in fleet.items() if v.promoted)
         nxt = {c.cand_id: dict(c.genome) for c in engine.ask()}
         state, rounds = engine.state(), self.cfg.trials
         won = await self._db(lambda st: conclude_and_advance(
@@ -500,6 +510,11 @@ def _beat(study_id: int, host: str, within_s: float, store: FleetStore) -> int:
     """A heartbeat, then the number of hosts alive in the study."""
     store.heartbeat(study_id, host)
     return len(store.hosts_alive(study_id, within_s))
+
+
+def _fleet_verdicts(rows: list[dict[str, Any]], seed: int, n_boot: int) -> dict[str, FleetVerdict]:
+    """``fleet.verdict.fleet_verdicts`` over a generation's rows (each candidate, hosts as blocks)."""
+    return fleet_verdicts((FleetTrial.from_row(r) for r in rows), seed=seed, n_boot=n_boot)
 
 
 def _latest(store: FleetStore, study_id: int) -> GenerationInfo | None:
