@@ -22,7 +22,7 @@ seeds), the mixture-noise landscapes of ``landscapes_mixture.py`` (issue 13 poin
 one of several conditions drawn at random). The goals judged are in ``search_goals.py``.
 
 Run: ``.venv/bin/python bench/search_quality.py [--quick] [--budgets 100,300,1000] [--seeds 20]``.
-``--reuse NAME`` takes the runs already in ``bench/results/NAME.json`` (same landscape, budget, seed
+``--reuse NAME[,NAME]`` takes the runs already in ``bench/results/NAME.json`` (same landscape, budget, seed
 and arm: the same noise stream) instead of running them again, e.g. the other tools' runs after a
 change to the engine; the JSON records what was reused.
 """
@@ -466,18 +466,24 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
-def reused_runs(name: str, lands: Mapping[str, Landscape], tasks: Sequence[Task]) -> list[RunResult]:
-    """The runs of ``tasks`` found in ``bench/results/<name>.json``, for landscapes whose exact
-    extremes there are the same as now (a changed landscape's old runs are never mixed in)."""
-    data = json.loads((RESULTS_DIR / f"{name}.json").read_text())
-    same = {
-        n
-        for n, d in data.get("landscapes", {}).items()
-        if n in lands and d["f_max"] == lands[n].extremes.f_max and d["f_min"] == lands[n].extremes.f_min
-    }
-    wanted = {(t.landscape, t.budget, t.seed, t.arm) for t in tasks if t.landscape in same}
-    out = [RunResult(**r) for r in data.get("runs", [])]
-    return [r for r in out if (r.landscape, r.budget, r.seed, r.arm) in wanted]
+def reused_runs(names: str, lands: Mapping[str, Landscape], tasks: Sequence[Task]) -> list[RunResult]:
+    """The runs of ``tasks`` found in ``bench/results/<name>.json`` for each of the comma-separated
+    ``names`` (the first file that has a run wins), for landscapes whose exact extremes there are the
+    same as now (a changed landscape's old runs are never mixed in)."""
+    found: dict[tuple[str, int, int, str], RunResult] = {}
+    for name in names.split(","):
+        data = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+        same = {
+            n
+            for n, d in data.get("landscapes", {}).items()
+            if n in lands and d["f_max"] == lands[n].extremes.f_max and d["f_min"] == lands[n].extremes.f_min
+        }
+        wanted = {(t.landscape, t.budget, t.seed, t.arm) for t in tasks if t.landscape in same}
+        for r in (RunResult(**r) for r in data.get("runs", [])):
+            key = (r.landscape, r.budget, r.seed, r.arm)
+            if key in wanted:
+                found.setdefault(key, r)
+    return list(found.values())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
