@@ -80,7 +80,15 @@ class LeaderLock:
         return True
 
     def release(self) -> None:
-        """Stop being the leader: closing the session releases the lock (another host may take it)."""
+        """Stop being the leader: unlock, then close the session (another host may take it at once).
+
+        Unlocking first matters: closing alone returns before the server's backend has exited and
+        dropped the lock, so a host trying right after could still find it taken.
+        """
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            with contextlib.suppress(psycopg.Error):
+                conn.execute("SELECT pg_advisory_unlock(%s, %s)", (LEADER_LOCK_CLASS, self.study_id))
         self._drop()
 
     def _drop(self) -> None:
