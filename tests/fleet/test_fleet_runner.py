@@ -41,7 +41,7 @@ class SlowRunner(FakeRunner):
     async def run_trial(self, domain: SpicaDomain, genome: Genome, regime: str, **kw: Any) -> TrialResult:
         if self.hang:
             await anyio.sleep_forever()
-        await anyio.sleep(0.01)
+        await anyio.sleep(0.05)  # long enough for every runner to join before the units run out
         return await super().run_trial(domain, genome, regime, **kw)
 
 
