@@ -81,7 +81,7 @@ class ContaminationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     exceeded ``outside_cpu`` (a share of the host's CPU capacity) is marked contaminated and re-run, at
     most ``max_reruns`` times per tournament (README, "Contaminated rounds")."""
 
-    outside_cpu: float = 0.25
+    outside_cpu: float = 0.10
     max_reruns: int = 3
 
 

@@ -298,7 +298,7 @@ def test_racing_and_contamination_defaults_and_limits_load(cfgdir: Path) -> None
     path.write_text(yaml.safe_dump({"dream": {"domains": ["cpu"]}, "state_dir": str(cfgdir)}))
     dream = load_config(path).config.dream
     assert (dream.racing.indifference, dream.racing.confidence) == (0.02, 0.95)
-    assert (dream.contamination.outside_cpu, dream.contamination.max_reruns) == (0.25, 3)
+    assert (dream.contamination.outside_cpu, dream.contamination.max_reruns) == (0.10, 3)
     racing = {"indifference": 10, "confidence": 0.999}
     doc = {"dream": {"racing": racing, "contamination": {"outside_cpu": 1}}}
     assert load_config_ok(cfgdir, doc)
