@@ -204,6 +204,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "loadavg_after": list(load_after),
         "issue_old_kpi_cv": ISSUE_OLD_CV,
         "goal_mixed_cv_per_stressor": GOAL_MIXED_CV,
+        "outside_cpu_threshold": OUTSIDE_CPU,  # the "clean" columns keep trials at or below it
         "goal_met": verdict == "met",
         "regimes": summary,
     }
