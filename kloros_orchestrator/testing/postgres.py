@@ -5,7 +5,9 @@ for the server to accept connections itself). The server listens on a Unix socke
 only (``listen_addresses=''``: no TCP). It refuses to run as root, so as root both run as ``nobody``
 (through ``runuser``, or ``setpriv`` where runuser is missing) in a directory that user owns;
 otherwise as the current user. On leaving :func:`throwaway_cluster`: ``pg_ctl stop -m fast``, then
-the directory is removed.
+the directory is removed. When pg_ctl fails to stop it, the postmaster named in ``postmaster.pid``
+is stopped directly (immediate shutdown, then SIGKILL); a directory whose server is still running
+is never removed (it is left, and said so on stderr).
 
 The binaries are found on PATH, else through ``pg_config --bindir``, else in Debian's layout
 (``/usr/lib/postgresql/<version>/bin``, the newest version). Without them, or as root without a way
@@ -21,8 +23,11 @@ import os
 import pwd
 import shlex
 import shutil
+import signal
 import subprocess
+import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Final, NamedTuple
@@ -136,6 +141,29 @@ class Cluster:
     def running(self) -> bool:
         return (self.data / "postmaster.pid").exists()
 
+    def kill(self, wait_s: float = 10.0) -> bool:
+        """Stop the postmaster of ``postmaster.pid`` without pg_ctl: SIGQUIT (immediate shutdown,
+        its backends too), then SIGKILL. True when no server of this cluster is running any more."""
+        try:
+            pid = int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+        except FileNotFoundError:
+            return True
+        except (OSError, ValueError):
+            return False
+        for sig in (signal.SIGQUIT, signal.SIGKILL):
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                return True
+            except PermissionError:
+                return False
+            end = time.monotonic() + wait_s
+            while time.monotonic() < end:
+                if not _alive(pid):
+                    return True
+                time.sleep(0.05)
+        return not _alive(pid)
+
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host={self.root} port={PORT} user={SUPERUSER} dbname={dbname} connect_timeout=5"
 
@@ -166,10 +194,27 @@ def throwaway_cluster(server: Server, settings: tuple[str, ...] = ()) -> Iterato
         cluster.start()
         yield cluster
     finally:
-        if cluster.running():
-            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+        stopped = not cluster.running()
+        if not stopped:
+            try:
                 cluster.stop()
-        shutil.rmtree(root, ignore_errors=True)
+                stopped = True
+            except (RuntimeError, subprocess.TimeoutExpired):
+                stopped = cluster.kill()
+        if stopped:
+            shutil.rmtree(root, ignore_errors=True)
+        else:
+            print(f"throwaway PostgreSQL in {root} could not be stopped: left in place", file=sys.stderr)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 __all__ = [
