@@ -72,7 +72,8 @@ class JournalStream:
 
 def setup_logging(level: str, *, log_file: Path | None) -> None:
     """Replace every loguru sink: stderr (journald priorities under systemd, else readable lines), and
-    ``log_file`` when given (opened ``O_NOFOLLOW``, regular files only, rotated by size).
+    ``log_file`` when given (opened ``O_NOFOLLOW``, regular files only, rotated by size). No sink
+    shows variables' values in a traceback (``diagnose=False``): they may hold secrets.
 
     ``level`` is a loguru level name in any case (``info``, ``DEBUG``, ...). Raises ``OSError`` when
     ``log_file`` cannot be opened and ``ValueError`` for an unknown level.
@@ -83,14 +84,15 @@ def setup_logging(level: str, *, log_file: Path | None) -> None:
     logger.level(level)  # ValueError for an unknown level, before any sink is removed
     logger.remove()
     if stderr_is_journal():
-        logger.add(JournalStream(sys.stderr).write, level=level, format=JOURNAL_FORMAT, colorize=False)
+        logger.add(JournalStream(sys.stderr).write, level=level, format=JOURNAL_FORMAT, colorize=False,
+                   diagnose=False)  # fmt: skip
     else:
-        logger.add(sys.stderr, level=level, format=READABLE_FORMAT)
+        logger.add(sys.stderr, level=level, format=READABLE_FORMAT, diagnose=False)
     if log_file is not None:
         make_dirs(log_file.parent)
         # Opened here and handed over as an object: given a path, loguru would follow a planted
         # link and read braces in the path as a format string.
-        logger.add(LogFile(log_file), level=level, enqueue=False)
+        logger.add(LogFile(log_file), level=level, enqueue=False, diagnose=False)
 
 
 __all__ = [

@@ -1,8 +1,11 @@
 """The fleet store's address and this daemon's name in it, without psycopg.
 
-* :func:`redact` hides the password of a ``postgresql://`` URI (``user:***@host``, and a
-  ``password=`` query parameter): every log line, status field and config problem shows the
-  redacted form, never the secret.
+* :func:`redact` hides the password of a ``postgresql://`` URI (``user:***@host``), a
+  ``password=``, ``sslpassword=`` (any ``…password``) query parameter, and a ``password=`` of a
+  ``key=value`` connection string: every log line, status field and config problem shows the
+  redacted form, never the secret. It errs on the side of hiding: a password with unencoded
+  ``/``, ``#``, ``?``, ``@`` or ``&`` (which libpq itself would misread) is hidden whole, up to the
+  last ``@`` of the address, or up to the next ``&key=`` of the query.
 * :func:`default_host_id` names this daemon in a study when ``study.host_id`` is not set: the node
   name plus a short hash of the absolute ``state_dir``, so several daemons on one machine (each
   with its own state directory) are several hosts, and one daemon keeps its name across restarts.
@@ -19,10 +22,13 @@ from typing import Final
 SCHEMES: Final = ("postgresql://", "postgres://")
 HIDDEN: Final = "***"
 
-_USERINFO_PASSWORD: Final = re.compile(
-    r"^(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:@/?#]*):[^@/?#]*@"
+_QUERY_PASSWORD: Final = re.compile(
+    r"(?P<key>[?&][a-z_]*password=).*?(?=&[a-z_][a-z0-9_]*=|$)", re.IGNORECASE | re.DOTALL
 )
-_QUERY_PASSWORD: Final = re.compile(r"(?P<key>[?&]password=)[^&#]*", re.IGNORECASE)
+_KV_PASSWORD: Final = re.compile(
+    r"(?P<key>(?:^|\s)[a-z_]*password\s*=\s*)(?:'(?:[^'\\]|\\.)*'?|\S*)", re.IGNORECASE
+)
+_NOT_A_USER: Final = frozenset("/?[#")
 
 
 def is_postgres_uri(text: str) -> bool:
@@ -30,9 +36,24 @@ def is_postgres_uri(text: str) -> bool:
 
 
 def redact(uri: str) -> str:
-    """``uri`` with any password replaced by ``***`` (the rest kept: user, host, database)."""
-    out = _USERINFO_PASSWORD.sub(lambda m: f"{m['scheme']}{m['user']}:{HIDDEN}@", uri, count=1)
-    return _QUERY_PASSWORD.sub(lambda m: f"{m['key']}{HIDDEN}", out)
+    """``uri`` with any password replaced by ``***`` (the rest kept: user, host, database); see the
+    module docstring. Also fit for a ``key=value`` connection string and for an error's text."""
+    out = _redact_userinfo(uri)
+    out = _QUERY_PASSWORD.sub(lambda m: f"{m['key']}{HIDDEN}", out)
+    return _KV_PASSWORD.sub(lambda m: f"{m['key']}{HIDDEN}", out)
+
+
+def _redact_userinfo(uri: str) -> str:
+    """``scheme://user:***@…``: the password runs from the user's ``:`` to the *last* ``@`` of the
+    string, so a password holding unencoded ``@``, ``/``, ``?`` or ``#`` is hidden whole."""
+    head, sep, rest = uri.partition("://")
+    at = rest.rfind("@")
+    if not sep or not head.replace("+", "").replace(".", "").replace("-", "").isalnum() or at < 0:
+        return uri
+    user, colon, _ = rest[:at].partition(":")
+    if not colon or _NOT_A_USER & set(user):  # no password, or the ':' is a port's or the query's
+        return uri
+    return f"{head}://{user}:{HIDDEN}{rest[at:]}"
 
 
 def scheme_of(text: str) -> str:
