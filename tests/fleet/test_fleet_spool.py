@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from kloros_orchestrator.fleet.records import Outcome, TrialRow, UnitResult
-from kloros_orchestrator.fleet.spool import TrialSpool, spool_path
+from kloros_orchestrator.fleet.spool import FlushReport, TrialSpool, spool_path
 
 
 class Unreachable(Exception):
@@ -94,4 +94,47 @@ def test_a_line_that_is_no_unit_is_dropped_and_counted(spool: TrialSpool) -> Non
         f.write(b'{"schema": "something else"}\n')
     report = spool.flush(lambda u: Outcome.WRITTEN, (Unreachable,))
     assert (report.written, report.unreadable) == (1, 1)
+    assert not spool.path.exists()
+
+
+def test_an_append_after_a_torn_last_line_starts_a_line_of_its_own(spool: TrialSpool) -> None:
+    spool.append(unit(0))
+    with spool.path.open("ab") as f:
+        f.write(b'{"study_id": 1, "generation": 0, "cand_')  # a power cut in the middle of an append
+    spool.append(unit(2))  # acknowledged (fsynced) after the restart
+    assert spool.pending() == [unit(0), unit(2)]
+
+
+def test_units_appended_during_a_flush_stay_and_a_second_flush_waits_its_turn(spool: TrialSpool) -> None:
+    for i in range(2):
+        spool.append(unit(i))
+    inner: list[FlushReport] = []
+
+    def write(u: UnitResult) -> Outcome:
+        if u == unit(0):
+            spool.append(unit(5))  # finished while the flush talks to the database
+            inner.append(spool.flush(lambda _u: Outcome.WRITTEN, (Unreachable,)))
+        return Outcome.WRITTEN
+
+    report = spool.flush(write, (Unreachable,))
+    assert (report.written, report.left, report.interrupted) == (2, 1, None)
+    assert inner[0].busy and inner[0].written == 0, "one flush at a time, the other returns at once"
+    assert spool.pending() == [unit(5)]
+
+
+def test_a_flush_cut_short_says_why_and_takes_a_predicate(spool: TrialSpool) -> None:
+    spool.append(unit(0))
+
+    def write(u: UnitResult) -> Outcome:
+        raise ValueError("connection refused")
+
+    report = spool.flush(write, lambda e: isinstance(e, ValueError))
+    assert (report.written, report.left, report.interrupted) == (0, 1, "connection refused")
+    assert spool.pending() == [unit(0)]
+
+
+def test_a_refused_line_is_dropped_and_counted(spool: TrialSpool) -> None:
+    spool.append(unit(0))
+    report = spool.flush(lambda u: Outcome.MISMATCHED, (Unreachable,))
+    assert (report.mismatched, report.left) == (1, 0)
     assert not spool.path.exists()
