@@ -12,7 +12,11 @@ the database (server restart, network cut) lost its session and the lock with it
 A client that vanishes without closing its socket (power cut, partition) is noticed by the server
 only through TCP keepalives: the lock's session asks for short ones (``KEEPALIVE``), so another
 host takes over within about a minute rather than the kernel's default two hours. Over a Unix
-socket they do not apply (a local peer's death closes the socket at once).
+socket they do not apply (a local peer's death closes the socket at once). The session's other
+settings bound this host's waits (``fleet.session``).
+
+The daemon holds the lock only during a domain's turn: it releases it when the turn ends, so the
+lock is never kept by a host that paces, measures another domain or waits for a PHASE window.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from typing import Any, Final
 import psycopg
 
 from kloros_orchestrator.fleet.schema import LEADER_LOCK_CLASS
+from kloros_orchestrator.fleet.session import SERVER_KEEPALIVE, session_kwargs
 
-KEEPALIVE: Final = {"tcp_keepalives_idle": 15, "tcp_keepalives_interval": 5, "tcp_keepalives_count": 3}
+KEEPALIVE: Final = SERVER_KEEPALIVE
 
 
 class LeaderLock:
@@ -39,14 +44,15 @@ class LeaderLock:
     def try_acquire(self) -> bool:
         """True when this host is (now, or still) the study's leader; never waits for the lock.
 
-        Raises one of ``pgstore.UNREACHABLE`` when the database cannot be reached.
+        Raises a ``psycopg.Error`` (``pgstore.is_unreachable``) when the database cannot be reached.
         """
         if self.held():
             return True
-        conn = psycopg.connect(self.dsn, autocommit=True, connect_timeout=self.connect_timeout_s)
+        kwargs = session_kwargs(self.dsn, server=True)
+        if "connect_timeout" in kwargs:  # not named by the connection string
+            kwargs["connect_timeout"] = self.connect_timeout_s
+        conn = psycopg.connect(self.dsn, autocommit=True, **kwargs)
         try:
-            for name, value in KEEPALIVE.items():
-                conn.execute("SELECT set_config(%s, %s, false)", (name, str(value)))
             row = conn.execute(
                 "SELECT pg_try_advisory_lock(%s, %s)", (LEADER_LOCK_CLASS, self.study_id)
             ).fetchone()

@@ -19,9 +19,16 @@ database's (``now()``), so hosts' clocks never decide who holds a lease.
   written. A unit done by another host (our claim expired and it was re-measured elsewhere) keeps
   that host's rows: ours are dropped and reported as superseded, so each unit counts once, from one
   host. The rows' primary key (``schema`` module) with ``ON CONFLICT DO NOTHING`` guards the rest.
+  A result is written only into the unit it says it measured (its unit id, genome digest, study
+  key digest and database, ``records.UnitResult``): anything else, or no such unit, is refused as
+  ``Outcome.MISMATCHED`` (a spool left from another database or study) and nothing is written.
 
-Errors reaching the database (``psycopg.OperationalError``, which the pool's ``PoolTimeout`` is) are
-raised to the caller: the daemon spools finished units (``spool.TrialSpool``) and carries on.
+Every connection bounds its waits (``fleet.session``: keepalives, ``tcp_user_timeout``,
+``statement_timeout``, ``lock_timeout``). Errors are raised to the caller; :func:`is_unreachable`
+says which mean "not now" — every ``psycopg.Error`` (a lost connection, the pool's ``PoolTimeout``, a
+timeout, a server in recovery or read-only, a session ended for idling) except those that say the
+statement or its data is wrong (``NOT_TRANSIENT``: a retry would fail the same way). For those the
+daemon spools finished units (``spool.TrialSpool``) and carries on.
 """
 
 from __future__ import annotations
@@ -38,13 +45,25 @@ from psycopg_pool import ConnectionPool
 
 from kloros_orchestrator.fleet.errors import FleetError
 from kloros_orchestrator.fleet.key import StudyKey
-from kloros_orchestrator.fleet.records import Outcome, UnitResult, WorkUnit
+from kloros_orchestrator.fleet.records import Outcome, UnitResult, WorkUnit, genome_digest
 from kloros_orchestrator.fleet.schema import migrate
+from kloros_orchestrator.fleet.session import session_kwargs
 from kloros_orchestrator.fleet.spool import TrialSpool
 
-# Errors that mean "the database cannot be reached now" (a restart, a network cut, a full pool):
-# the caller spools and retries later. Every other database error is a bug or a schema problem.
-UNREACHABLE: Final = (psycopg.OperationalError,)
+# Database errors that say the statement or its data is wrong: retrying later would fail again, so
+# they are bugs to report, never a reason to spool. Every other psycopg.Error means "not now".
+NOT_TRANSIENT: Final = (
+    psycopg.ProgrammingError,
+    psycopg.DataError,
+    psycopg.IntegrityError,
+    psycopg.NotSupportedError,
+)
+
+
+def is_unreachable(e: BaseException) -> bool:
+    """Whether ``e`` means the database cannot do it now (spool, try later): see the module docstring."""
+    return isinstance(e, psycopg.Error) and not isinstance(e, NOT_TRANSIENT)
+
 
 Pool = ConnectionPool[psycopg.Connection[TupleRow]]
 
@@ -94,6 +113,23 @@ class FleetStore:
 
     def __init__(self, pool: Pool) -> None:
         self.pool = pool
+        self._identity: str | None = None
+
+    def identity(self) -> str:
+        """This database, as ``<cluster system identifier>:<database oid>`` (read once): a spool
+        line claimed from another database (even a same-named one) never matches it."""
+        if self._identity is None:
+            with self.pool.connection() as conn:
+                try:
+                    row = conn.execute("SELECT system_identifier::text FROM pg_control_system()").fetchone()
+                    system = str(row[0]) if row is not None else "?"
+                except psycopg.errors.InsufficientPrivilege:
+                    system = "?"
+                got = conn.execute(
+                    "SELECT oid::text FROM pg_database WHERE datname = current_database()"
+                ).fetchone()
+            self._identity = f"{system}:{got[0] if got is not None else '?'}"
+        return self._identity
 
     def close(self) -> None:
         self.pool.close()
@@ -179,6 +215,7 @@ class FleetStore:
     def claim(self, study_id: int, host: str, *, lease_s: float, limit: int = 1) -> list[WorkUnit]:
         """Up to ``limit`` open (or expired) units, oldest generation and round first, leased to
         ``host`` for ``lease_s`` seconds. Empty when nothing is claimable now."""
+        database = self.identity()
         with self.pool.connection() as conn:
             rows = conn.execute(
                 _CLAIM, {"study": study_id, "host": host, "lease": lease_s, "limit": limit}
@@ -193,6 +230,7 @@ class FleetStore:
                     round=int(r[3]),
                     genome=dict(r[4]),
                     expires_at=float(r[5]),
+                    database=database,
                 )
                 for r in rows
             ),
@@ -223,16 +261,19 @@ class FleetStore:
 
     def complete_unit(self, result: UnitResult) -> Outcome:
         """Write a finished unit's trial rows and mark it done, in one transaction (see the module
-        docstring for retries and superseded results)."""
+        docstring for retries, superseded and mismatched results)."""
         unit = (result.study_id, result.generation, result.cand_id, result.round)
         with self.pool.connection() as conn, conn.transaction():
             row = conn.execute(
-                "SELECT state, done_by FROM work_units"
-                " WHERE study_id = %s AND generation = %s AND cand_id = %s AND round = %s FOR UPDATE",
+                "SELECT w.state, w.done_by, w.id, w.genome, s.key_digest FROM work_units w"
+                " JOIN studies s ON s.id = w.study_id WHERE w.study_id = %s AND w.generation = %s"
+                " AND w.cand_id = %s AND w.round = %s FOR UPDATE OF w",
                 unit,
             ).fetchone()
-            if row is None:
-                raise FleetError(f"no work unit {unit} in the fleet store: the result cannot be recorded")
+            problem = "no such unit" if row is None else self._mismatch(result, row)
+            if row is None or problem is not None:
+                logger.warning("fleet result for unit {} refused ({}): not written", unit, problem)
+                return Outcome.MISMATCHED
             if row[0] == "done":
                 return Outcome.ALREADY if row[1] == result.host else Outcome.SUPERSEDED
             with conn.cursor() as cur:
@@ -245,10 +286,22 @@ class FleetStore:
                 )
             conn.execute(
                 "UPDATE work_units SET state = 'done', done_by = %s, done_at = now(), expires_at = NULL"
-                " WHERE study_id = %s AND generation = %s AND cand_id = %s AND round = %s",
-                (result.host, *unit),
+                " WHERE id = %s",
+                (result.host, row[2]),
             )
         return Outcome.WRITTEN
+
+    def _mismatch(self, result: UnitResult, row: tuple[Any, ...]) -> str | None:
+        """Why ``result`` is no measurement of this unit (None: it is); fields it lacks are not checked."""
+        if result.unit_id is not None and result.unit_id != int(row[2]):
+            return f"unit id {result.unit_id}, here {row[2]}"
+        if result.genome_digest is not None and result.genome_digest != genome_digest(dict(row[3])):
+            return "another genome"
+        if result.key_digest is not None and result.key_digest != row[4]:
+            return "another study key"
+        if result.database is not None and result.database != self.identity():
+            return "claimed from another database"
+        return None
 
     def unit_counts(self, study_id: int, generation: int) -> UnitCounts:
         with self.pool.connection() as conn:
@@ -274,15 +327,17 @@ class FleetStore:
 def write_or_spool(store: FleetStore, spool: TrialSpool, result: UnitResult) -> Outcome | None:
     """Record a finished unit in the database or, when it cannot be reached, in the spool (None).
 
-    Spooled units are written by ``spool.flush(store.complete_unit, UNREACHABLE)`` once the
+    Spooled units are written by ``spool.flush(store.complete_unit, is_unreachable)`` once the
     database answers again; the daemon flushes before writing new results, so order is kept.
     """
     try:
         return store.complete_unit(result)
-    except UNREACHABLE as e:
+    except psycopg.Error as e:
+        if not is_unreachable(e):
+            raise
         logger.warning(
             "fleet store unreachable ({}): unit {}/{} round {} spooled",
-            e,
+            type(e).__name__,
             result.generation,
             result.cand_id,
             result.round,
@@ -297,7 +352,7 @@ def open_fleet_store(
     """A store over a pool for ``dsn`` (a libpq connection string or ``postgresql://`` URI).
 
     The pool opens without waiting: a database that is down at start-up makes the first call raise
-    (one of ``UNREACHABLE`` after ``timeout_s``), it does not stop the daemon. Each connection is
+    (``is_unreachable`` after ``timeout_s``), it does not stop the daemon. Each connection is
     checked when borrowed, so one broken by a server restart is replaced (after the pool's backoff
     of about a second), not handed out.
     """
@@ -308,11 +363,19 @@ def open_fleet_store(
         open=False,
         timeout=timeout_s,
         check=ConnectionPool.check_connection,
-        kwargs={"autocommit": True},
+        kwargs={"autocommit": True, **session_kwargs(dsn)},
         name="kloros-fleet",
     )
     pool.open(wait=False)
     return FleetStore(pool)
 
 
-__all__ = ["UNREACHABLE", "FleetStore", "Study", "UnitCounts", "open_fleet_store", "write_or_spool"]
+__all__ = [
+    "NOT_TRANSIENT",
+    "FleetStore",
+    "Study",
+    "UnitCounts",
+    "is_unreachable",
+    "open_fleet_store",
+    "write_or_spool",
+]

@@ -15,10 +15,18 @@ trials *of the same unit* (the same host, the same minutes), one paired score pe
 of each host's mean paired score, so a host that measured more units does not weigh more, and each
 host's effect is relative to its own current configuration. The candidate packs pool the arms over
 hosts (every unit carries its own stock trials, so the pooled stock arm covers the same hosts).
+
+A conclusion's artifacts are written to a staging tree first (:func:`staging`, with a copy of the
+current ``baselines.json`` that the conclusion merges into) and moved into place
+(:func:`publish_staged`) only once the database recorded this leader's conclusion; a leader that
+lost the race discards them (:func:`discard_staged`), so no host shows a verdict that does not stand.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -36,7 +44,11 @@ from kloros_orchestrator.measure.arms import round_score
 from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
 from kloros_orchestrator.runtime.ports import TrialRunner
 from kloros_orchestrator.runtime.tournament import TournamentOutcome
+from kloros_orchestrator.safefs import make_dirs, read_bounded
 from kloros_orchestrator.spica.base import SpicaDomain
+from kloros_orchestrator.store import MAX_JSONL_BYTES, StatePaths, atomic_write_bytes
+
+STAGING = ("fleet", "staging")  # under state_dir
 
 
 @dataclass(frozen=True)
@@ -170,4 +182,35 @@ def conclude_rows(
     return FleetConclusion(outcome=outcome, per_host=per_host, told=told)
 
 
-__all__ = ["FleetConclusion", "UnitPlan", "conclude_rows", "measure_unit"]
+def staging(paths: StatePaths) -> StatePaths:
+    """An empty staging tree under ``state_dir`` holding a copy of ``baselines.json`` (module docstring)."""
+    stage = StatePaths(paths.root.joinpath(*STAGING))
+    shutil.rmtree(stage.root, ignore_errors=True)  # what a leader that died mid-conclusion left
+    make_dirs(stage.baselines.parent)
+    with contextlib.suppress(FileNotFoundError):
+        atomic_write_bytes(stage.baselines, read_bounded(paths.baselines, max_bytes=MAX_JSONL_BYTES))
+    return stage
+
+
+def publish_staged(stage: StatePaths, paths: StatePaths) -> None:
+    """Move every staged file to its place under ``paths`` (one filesystem: each move is atomic)."""
+    for staged in sorted(p for p in stage.root.rglob("*") if p.is_file() and not p.is_symlink()):
+        dest = paths.root / staged.relative_to(stage.root)
+        make_dirs(dest.parent)
+        os.replace(staged, dest)
+    discard_staged(stage)
+
+
+def discard_staged(stage: StatePaths) -> None:
+    shutil.rmtree(stage.root, ignore_errors=True)
+
+
+__all__ = [
+    "FleetConclusion",
+    "UnitPlan",
+    "conclude_rows",
+    "discard_staged",
+    "measure_unit",
+    "publish_staged",
+    "staging",
+]

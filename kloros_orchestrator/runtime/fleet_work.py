@@ -22,20 +22,29 @@ waits on the gate and paces exactly as D-REAM does; only a domain's *turn* (one 
    rows with its completion in one transaction — or, when the database cannot be reached, to the
    local spool, written once when it answers again (``fleet.pgstore.write_or_spool``).
 
-The turn ends when its generation is complete (the leader: once concluded), or at a unit boundary
-when the gate closes (a PHASE window drains fleet work as it drains a tournament). On a stop
+The turn ends when its generation is complete, or at a unit boundary when the gate closes (a PHASE
+window drains fleet work as it drains a tournament). The leader's turn ends only once the generation
+is concluded (or a newer one exists): it never leaves a complete generation unconcluded behind it.
+When a turn ends, however it ends, the host gives the leader lock up, so the lock is only ever held
+by a host in its turn: one pacing, measuring another domain or waiting for a PHASE window never
+stalls the study (and two domains' leaders never wait for each other).
+
+A unit whose lease was lost (another host re-claimed it) is no longer measured here. On a stop
 (SIGTERM) the claim in hand is released so another host re-measures it at once; if the database
-cannot be told, the lease expires and another host claims the unit then. Every database call runs in
-a worker thread; psycopg is imported only here, and only when a PostgreSQL store is configured.
+cannot be told, the lease expires and another host claims the unit then. A unit measured to the end
+is always written or spooled, even when the stop comes while it is being written. Every database
+call runs in a worker thread, bounded (``runtime.fleet_db``); psycopg is imported only when a
+PostgreSQL store is configured.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -48,13 +57,20 @@ from kloros_orchestrator.engine import Evolution
 from kloros_orchestrator.fleet.dsn import default_host_id, redact
 from kloros_orchestrator.fleet.errors import FleetError
 from kloros_orchestrator.fleet.key import study_key
-from kloros_orchestrator.fleet.records import UnitResult, WorkUnit
+from kloros_orchestrator.fleet.records import Outcome, UnitResult, WorkUnit, genome_digest
 from kloros_orchestrator.fleet.spool import TrialSpool, spool_path
 from kloros_orchestrator.fleet.verdict import FleetTrial, FleetVerdict, fleet_verdicts
 from kloros_orchestrator.runtime.conclude import entry_from_pack, promote, verdict_of
 from kloros_orchestrator.runtime.dream import DreamLoop, DreamSettings, seed_of
-from kloros_orchestrator.runtime.fleet_unit import UnitPlan, conclude_rows, measure_unit
-from kloros_orchestrator.runtime.records import iso
+from kloros_orchestrator.runtime.fleet_db import DatabaseDown, FleetDatabase
+from kloros_orchestrator.runtime.fleet_unit import (
+    UnitPlan,
+    conclude_rows,
+    discard_staged,
+    measure_unit,
+    publish_staged,
+    staging,
+)
 from kloros_orchestrator.runtime.startup import manifest_fields
 
 if TYPE_CHECKING:
@@ -62,19 +78,15 @@ if TYPE_CHECKING:
     from kloros_orchestrator.fleet.leader import LeaderLock
     from kloros_orchestrator.fleet.pgstore import FleetStore
 
-T = TypeVar("T")
 MIN_LEASE_S = 30.0
 TRIAL_OVERHEAD_S = 2.0  # apply, start, reap: a trial's wall time beyond its stress-ng duration
 RELEASE_BOUND_S = 3.0  # a stop never waits longer than this for the database
-
-
-class DatabaseDown(Exception):
-    """The fleet database cannot be reached now (the caller waits and tries again)."""
+RECORD_BOUND_S = 10.0  # a finished unit not written within this is spooled
 
 
 @dataclass(frozen=True)
 class FleetSettings:
-    dsn: str
+    dsn: str = field(repr=False)  # may hold a password: never in a repr (tracebacks, logs)
     name: str
     host_id: str
     manifest: Mapping[str, Any]  # the run manifest's fields: the host's part of the study key
@@ -92,7 +104,8 @@ class StudyContext:
     study_name: str
     key_digest: str
     lock: LeaderLock
-    leader: bool = False
+    leader: bool = False  # holds the leader lock now (only ever during a turn)
+    led: bool = False  # was the leader when it last tried: events say when leadership moves
     hosts_alive: int = 1
     info: GenerationInfo | None = None
 
@@ -144,61 +157,19 @@ class FleetDreamLoop(DreamLoop):
     def __init__(self, settings: DreamSettings, *, fleet: FleetSettings, **kwargs: Any) -> None:
         super().__init__(settings, **kwargs)
         self.fleet = fleet
-        self.store: FleetStore | None = None
-        self._unreachable: tuple[type[BaseException], ...] = ()
+        self.db = FleetDatabase(fleet.dsn, events=self.events, clock=self.clock)
         self.studies: dict[str, StudyContext] = {}
         self.spool = TrialSpool(spool_path(self.paths.root))
         self.spooled = len(self.spool)
-        self.unreachable_since: float | None = None
         self.in_hand: WorkUnit | None = None
         self.units_claimed = 0
         self.units_done = 0
         self.units_superseded = 0
 
-    # --- the database, off the event loop ---------------------------------------------------------
-
-    def _open(self) -> FleetStore:
-        if self.store is None:
-            from kloros_orchestrator.fleet.pgstore import UNREACHABLE, open_fleet_store
-
-            self._unreachable = UNREACHABLE
-            self.store = open_fleet_store(self.fleet.dsn, max_size=4, timeout_s=5.0)
-            self._migrated = False
-        if not self._migrated:
-            applied = self.store.migrate()
-            self._migrated = True
-            if applied:
-                logger.info("fleet store {}: schema version(s) {} applied", redact(self.fleet.dsn), applied)
-        return self.store
-
-    async def _db(self, fn: Callable[[FleetStore], T]) -> T:
-        """``fn(store)`` in a worker thread; an unreachable database raises :class:`DatabaseDown`."""
-
-        def call() -> T:
-            return fn(self._open())
-
-        try:
-            out = await anyio.to_thread.run_sync(call)
-        except Exception as e:
-            if not isinstance(e, self._unreachable):
-                raise
-            if self.unreachable_since is None:
-                self.unreachable_since = self.clock()
-                logger.warning("fleet database unreachable: {}", redact(str(e)))
-                self.events.record("fleet_database_unreachable", error=redact(str(e))[:300])
-            raise DatabaseDown(str(e)) from None
-        if self.unreachable_since is not None:
-            down = self.clock() - self.unreachable_since
-            logger.info("fleet database reachable again after {:.0f} s", down)
-            self.events.record("fleet_database_back", down_s=round(down, 1))
-            self.unreachable_since = None
-        return out
-
     def _close(self) -> None:
         for ctx in self.studies.values():
             ctx.lock.release()
-        if self.store is not None:
-            self.store.close()
+        self.db.close()
 
     # --- the loop ---------------------------------------------------------------------------------
 
@@ -213,30 +184,48 @@ class FleetDreamLoop(DreamLoop):
                 await anyio.to_thread.run_sync(self._close, abandon_on_cancel=True)
 
     async def _heartbeats(self) -> None:
-        """Alive in every joined study, the hosts counted, the spool flushed while the gate is shut."""
+        """Alive in every joined study, the hosts counted, the spool flushed while the gate is shut.
+        Nothing here ends the daemon: an error is logged and the database counted unreachable."""
         within = 3 * self.fleet.heartbeat_s
         while True:
-            for ctx in list(self.studies.values()):
-                try:
-                    ctx.hosts_alive = await self._db(partial(_beat, ctx.study_id, self.fleet.host_id, within))
-                except DatabaseDown:
-                    break
-            await self._flush()
+            try:
+                for ctx in list(self.studies.values()):
+                    ctx.hosts_alive = await self.db.call(
+                        partial(_beat, ctx.study_id, self.fleet.host_id, within)
+                    )
+                await self._flush()
+            except DatabaseDown:
+                pass
+            except Exception as e:
+                text = redact(f"{type(e).__name__}: {e}")[:300]
+                logger.error("fleet heartbeat failed: {}", text)
+                self.db.mark_down(text)
             await anyio.sleep(self.fleet.heartbeat_s)
 
     async def _flush(self) -> None:
+        """Write the spooled units (oldest first); the database stays unreachable if it went away
+        again mid-flush (a flush that met it gone is no sign it is back)."""
         if not self.spooled:
             return
+        from kloros_orchestrator.fleet.pgstore import is_unreachable
+
         try:
-            report = await self._db(lambda s: self.spool.flush(s.complete_unit, self._unreachable))
+            report = await self.db.attempt(lambda s: self.spool.flush(s.complete_unit, is_unreachable))
         except DatabaseDown:
             return
         self.spooled = report.left
+        if report.busy:
+            return  # another flush is under way
+        if report.interrupted is not None:
+            self.db.mark_down(report.interrupted)
+        else:
+            self.db.mark_up()
         self.units_superseded += report.superseded
-        if report.written or report.already or report.superseded:
+        if report.written or report.already or report.superseded or report.mismatched:
             logger.info("fleet spool flushed: {}", report)
             self.events.record("fleet_spool_flushed", written=report.written, already=report.already,
-                               superseded=report.superseded, left=report.left)  # fmt: skip
+                               superseded=report.superseded, mismatched=report.mismatched,
+                               left=report.left)  # fmt: skip
 
     async def _run_tournament(self, name: str) -> list[str] | None:
         """One turn: this host's share of one generation of the domain's study (module docstring)."""
@@ -244,12 +233,15 @@ class FleetDreamLoop(DreamLoop):
         self.progress.domain, self.progress.generation = name, s.generation
         self.report(TournamentStarted(name, s.generation, now=self.clock()))
         turn = _Turn()
-        while self.gate.is_open:
-            try:
-                if await self._step(name, turn):
-                    break
-            except DatabaseDown:
-                await anyio.sleep(self.fleet.poll_s)
+        try:
+            while self.gate.is_open:
+                try:
+                    if await self._step(name, turn):
+                        break
+                except DatabaseDown:
+                    await anyio.sleep(self.fleet.poll_s)
+        finally:
+            await self._resign(name)
         s.durations.append(time.monotonic() - turn.started)
         self.progress.tournaments += 1
         self.checkpoint()
@@ -257,22 +249,24 @@ class FleetDreamLoop(DreamLoop):
         return None
 
     async def _step(self, name: str, turn: _Turn) -> bool:
-        """One claim (or one wait); True when the turn's generation is complete."""
+        """One claim (or one wait); True when the turn is over (module docstring)."""
         ctx = await self._context(name)
         await self._flush()
         await self._lead(name, ctx)
-        info = ctx.info = await self._db(lambda st: _latest(st, ctx.study_id))
+        info = ctx.info = await self.db.call(lambda st: _latest(st, ctx.study_id))
         if info is not None:
             self.progress.generation = info.generation
             self.progress.tournament_done, self.progress.tournament_total = (
                 info.counts.done,
                 info.counts.total,
             )
+            if ctx.leader and info.complete and not info.concluded:
+                return False  # its last unit landed just now: the leader concludes it next step
         if turn.target is not None and info is not None and (info.generation > turn.target or info.complete):
             await self._take_verdict(name, ctx, turn.target)
             return True
         lease = self.fleet.lease_s
-        units = await self._db(lambda st: st.claim(ctx.study_id, self.fleet.host_id, lease_s=lease))
+        units = await self.db.call(lambda st: st.claim(ctx.study_id, self.fleet.host_id, lease_s=lease))
         if units:
             turn.target = units[0].generation if turn.target is None else turn.target
             await self._measure(name, ctx, units[0])
@@ -292,8 +286,8 @@ class FleetDreamLoop(DreamLoop):
             domain=name, space=self.searches[name].domain.search_space(), manifest=m,
             cpu_model_name=m.get("cpu_model"), memory=m.get("memory_gib"),
         )  # fmt: skip
-        study = await self._db(lambda st: st.join_study(self.fleet.name, key))
-        await self._db(lambda st: st.heartbeat(study.study_id, self.fleet.host_id))
+        study = await self.db.call(lambda st: st.join_study(self.fleet.name, key))
+        await self.db.call(lambda st: st.heartbeat(study.study_id, self.fleet.host_id))
         from kloros_orchestrator.fleet.leader import LeaderLock
 
         ctx = StudyContext(
@@ -309,20 +303,30 @@ class FleetDreamLoop(DreamLoop):
     # --- the leader's part ------------------------------------------------------------------------
 
     async def _lead(self, name: str, ctx: StudyContext) -> None:
-        was = ctx.leader
-        ctx.leader = await self._db(lambda _st: ctx.lock.try_acquire())
-        if ctx.leader != was:
+        ctx.leader = await self.db.call(lambda _st: ctx.lock.try_acquire())
+        if ctx.leader != ctx.led:  # leadership moved (not: taken again after this host's own last turn)
+            ctx.led = ctx.leader
             logger.info(
                 "fleet: {} study {}: {}", name, ctx.study_id, "leader now" if ctx.leader else "not leader"
             )
             self.events.record("fleet_leader", domain=name, study_id=ctx.study_id, leader=ctx.leader)
         if not ctx.leader:
             return
-        info = await self._db(lambda st: _latest(st, ctx.study_id))
+        info = await self.db.call(lambda st: _latest(st, ctx.study_id))
         if info is None:
             await self._create_first(name, ctx)
         elif info.complete and not info.concluded:
             await self._conclude(name, ctx, info)
+
+    async def _resign(self, name: str) -> None:
+        """The turn is over: give the leader lock up (bounded; a lost session has lost it anyway)."""
+        ctx = self.studies.get(name)
+        if ctx is None:
+            return
+        ctx.leader = False  # released even if not known as held: a try abandoned by a timeout may hold it
+        with anyio.move_on_after(RELEASE_BOUND_S, shield=True):
+            await anyio.to_thread.run_sync(ctx.lock.release, abandon_on_cancel=True)
+        logger.debug("fleet: {} study {}: leader lock given up at the end of the turn", name, ctx.study_id)
 
     async def _create_first(self, name: str, ctx: StudyContext) -> None:
         from kloros_orchestrator.fleet.generations import create_generation
@@ -331,7 +335,7 @@ class FleetDreamLoop(DreamLoop):
         cands = {c.cand_id: dict(c.genome) for c in s.engine.ask()}
         state, rounds = s.engine.state(), self.cfg.trials
         host = self.fleet.host_id
-        made = await self._db(
+        made = await self.db.call(
             lambda st: create_generation(
                 st, ctx.study_id, 0, cands, rounds=rounds, created_by=host, engine=state
             )
@@ -343,7 +347,9 @@ class FleetDreamLoop(DreamLoop):
             )
 
     async def _conclude(self, name: str, ctx: StudyContext, info: GenerationInfo) -> None:
-        """Conclude a complete generation and create the next, as one database transaction."""
+        """Conclude a complete generation and create the next, as one database transaction. Its
+        artifacts (packs, baselines) are written to a staging tree and moved into place, and its
+        events recorded, only once the database says this leader's conclusion is the one."""
         from kloros_orchestrator.fleet.generations import conclude_and_advance
 
         s, gen = self.searches[name], info.generation
@@ -351,13 +357,14 @@ class FleetDreamLoop(DreamLoop):
             raise FleetError(f"generation {gen} of study {ctx.study_id} has no engine state (schema v1 row)")
         engine = Evolution.from_state(info.engine)
         cands = engine.ask()  # the generation's own candidates (pending in the stored state)
-        rows = await self._db(lambda st: st.trial_rows(ctx.study_id, gen))
+        rows = await self.db.call(lambda st: st.trial_rows(ctx.study_id, gen))
         regimes = self.settings.regimes.get(name, ())
         fc = conclude_rows(
             rows, cands, regimes, rounds=info.rounds or self.cfg.trials, racing=self.cfg.racing
         )
         rng = np.random.default_rng(seed_of(self.settings.seed, name, gen, "bootstrap"))
-        packs = self.concluder.conclude(
+        stage = staging(self.paths)
+        packs = replace(self.concluder, paths=stage).conclude(
             s.domain, gen, s.stock, fc.outcome, self.evaluator.missing_reasons(), rng
         )
         fleet = _fleet_verdicts(rows, self.settings.seed, self.settings.n_boot)
@@ -365,8 +372,7 @@ class FleetDreamLoop(DreamLoop):
             if v.effect is not None and fc.told.get(cid) is not None:
                 fc.told[cid] = v.effect
         engine.tell([(c, fc.told.get(c.cand_id)) for c in cands])
-        for note in engine.adapt():
-            self.events.record("search_space_adapted", domain=name, generation=gen, change=note)
+        notes = engine.adapt()
         scored = {c: v for c, v in fc.told.items() if v is not None}
         best_id = max(scored, key=lambda c: scored[c]) if scored else None
         said = verdict_of(packs.best, s.stock)
@@ -376,11 +382,15 @@ class FleetDreamLoop(DreamLoop):
         verdict["promoted"] = sorted(cid for cid, v in fleet.items() if v.promoted)
         nxt = {c.cand_id: dict(c.genome) for c in engine.ask()}
         state, rounds = engine.state(), self.cfg.trials
-        won = await self._db(lambda st: conclude_and_advance(
+        won = await self.db.call(lambda st: conclude_and_advance(
             st, ctx.study_id, gen, verdict=verdict, by=self.fleet.host_id, candidates=nxt, rounds=rounds,
             engine=state))  # fmt: skip
         if not won:
+            discard_staged(stage)
             return  # another leader concluded it first: its verdict stands
+        publish_staged(stage, self.paths)
+        for note in notes:
+            self.events.record("search_space_adapted", domain=name, generation=gen, change=note)
         best = packs.best
         if best is not None and best.safe and best.aggregate.score_v2 is not None:
             s.hall_of_fame = promote(s.hall_of_fame, entry_from_pack(best))
@@ -396,7 +406,7 @@ class FleetDreamLoop(DreamLoop):
 
         if (self.progress.best.get(name) or {}).get("generation") == gen:
             return
-        verdict = await self._db(lambda st: recorded(st, ctx.study_id, gen))
+        verdict = await self.db.call(lambda st: recorded(st, ctx.study_id, gen))
         if verdict is not None:
             self.searches[name].generation = gen + 1
             self.progress.best[name] = {"generation": gen, "text": verdict.get("text"),
@@ -424,61 +434,79 @@ class FleetDreamLoop(DreamLoop):
         )  # fmt: skip
         at = (unit.generation, unit.cand_id, unit.round, self.fleet.host_id)
         rng = np.random.default_rng(seed_of(self.settings.seed, name, *at, "order"))
-        rows = None
+        rows, lost = None, False
+
+        async def keep_lease(measuring: anyio.CancelScope) -> None:
+            nonlocal lost
+            await self._renew(unit)  # returns only when the lease is lost: stop measuring it
+            lost = True
+            measuring.cancel()
+
         try:
             async with anyio.create_task_group() as tg:
-                tg.start_soon(self._renew, unit)
+                tg.start_soon(keep_lease, tg.cancel_scope)
                 rows = await measure_unit(plan, unit, rng)
                 tg.cancel_scope.cancel()
         finally:
             pr.arm = pr.regime = None
             self.in_hand = None
-            if rows is None:  # stopped, failed or too busy here: another host measures it now
+            if rows is None and not lost:  # stopped, failed or too busy here: another host measures it now
                 await self._release(unit)
         if rows is not None:
-            await self._record(unit, rows)
+            await self._record(ctx, unit, rows)
 
     async def _renew(self, unit: WorkUnit) -> None:
+        """Renew the unit's lease every heartbeat; returns when it was lost (re-claimed elsewhere)."""
         lease = self.fleet.lease_s
         while True:
             await anyio.sleep(self.fleet.heartbeat_s)
             try:
-                held = await self._db(lambda st: st.renew([unit.unit_id], self.fleet.host_id, lease_s=lease))
+                held = await self.db.call(
+                    lambda st: st.renew([unit.unit_id], self.fleet.host_id, lease_s=lease)
+                )
             except DatabaseDown:
                 continue  # the lease may run out: another host then measures the unit too; one counts
             if unit.unit_id not in held:
-                logger.warning(
-                    "fleet unit {}/{}: lease lost (re-claimed elsewhere)", unit.cand_id, unit.round
-                )
+                logger.warning("fleet unit {}/{}: lease lost (re-claimed elsewhere): measurement stopped",
+                               unit.cand_id, unit.round)  # fmt: skip
+                self.events.record("fleet_lease_lost", generation=unit.generation, cand_id=unit.cand_id,
+                                   round=unit.round)  # fmt: skip
                 return
 
     async def _release(self, unit: WorkUnit) -> None:
-        with anyio.move_on_after(RELEASE_BOUND_S, shield=True):
-            try:
-                await anyio.to_thread.run_sync(
-                    lambda: self._open().release([unit.unit_id], self.fleet.host_id), abandon_on_cancel=True
-                )
-            except Exception as e:  # unreachable: the lease expires instead
-                logger.warning("fleet unit {}/{} not released ({}): its lease will expire", unit.cand_id,
-                               unit.round, redact(str(e)))  # fmt: skip
+        with anyio.CancelScope(shield=True), contextlib.suppress(Exception):  # unreachable: the lease expires
+            await self.db.call(
+                lambda st: st.release([unit.unit_id], self.fleet.host_id), bound=RELEASE_BOUND_S
+            )
+            return
+        logger.warning("fleet unit {}/{} not released: its lease will expire", unit.cand_id, unit.round)
 
-    async def _record(self, unit: WorkUnit, rows: tuple[Any, ...]) -> None:
-        from kloros_orchestrator.fleet.pgstore import write_or_spool
-
+    async def _record(self, ctx: StudyContext, unit: WorkUnit, rows: tuple[Any, ...]) -> None:
+        """Write the measured unit, or spool it: shielded, so a stop never drops it (module docstring)."""
         result = UnitResult(
             study_id=unit.study_id, generation=unit.generation, cand_id=unit.cand_id, round=unit.round,
-            host=self.fleet.host_id, trials=rows, finished_at=self.clock(),
+            host=self.fleet.host_id, trials=rows, finished_at=self.clock(), unit_id=unit.unit_id,
+            genome_digest=genome_digest(unit.genome), key_digest=ctx.key_digest, database=unit.database,
         )  # fmt: skip
-        await self._flush()  # spooled units first: order is kept
-        store = self._open()
-        outcome = await anyio.to_thread.run_sync(write_or_spool, store, self.spool, result)
-        if outcome is None:
-            self.spooled += 1
-            if self.unreachable_since is None:
-                self.unreachable_since = self.clock()
-            return
-        self.units_done += outcome.value == "written"
-        self.units_superseded += outcome.value == "superseded"
+        outcome: Outcome | None = None
+        with anyio.CancelScope(shield=True):
+            with anyio.move_on_after(RECORD_BOUND_S) as bounded, contextlib.suppress(DatabaseDown):
+                await self._flush()  # spooled units first: order is kept
+                if not self.spooled:
+                    outcome = await self.db.call(lambda st: st.complete_unit(result))
+            if bounded.cancelled_caught:
+                self.db.mark_down(f"no answer within {RECORD_BOUND_S:g} s")
+            if outcome is None:  # unreachable, no answer, or older units still spooled
+                await anyio.to_thread.run_sync(self.spool.append, result)
+                self.spooled += 1
+                logger.warning("fleet unit {}/{} round {} spooled ({} in the spool)", unit.generation,
+                               unit.cand_id, unit.round, self.spooled)  # fmt: skip
+                return
+        self.units_done += outcome is Outcome.WRITTEN
+        self.units_superseded += outcome is Outcome.SUPERSEDED
+        if outcome is Outcome.MISMATCHED:
+            self.events.record("fleet_result_refused", generation=unit.generation, cand_id=unit.cand_id,
+                               round=unit.round)  # fmt: skip
 
     # --- status -----------------------------------------------------------------------------------
 
@@ -489,10 +517,7 @@ class FleetDreamLoop(DreamLoop):
             "name": self.fleet.name,
             "host_id": self.fleet.host_id,
             "lease_s": self.fleet.lease_s,
-            "database": {
-                "reachable": self.unreachable_since is None,
-                "unreachable_since": iso(self.unreachable_since) if self.unreachable_since else None,
-            },
+            "database": self.db.status(),
             "spool": self.spooled,
             "units": {
                 "claimed": self.units_claimed,
@@ -538,7 +563,7 @@ def _study_status(ctx: StudyContext) -> dict[str, Any]:
         "study_id": ctx.study_id,
         "key_digest": ctx.key_digest,
         "hosts_alive": ctx.hosts_alive,
-        "leader": ctx.leader,
+        "leader": ctx.led,  # led the study at its last try (the lock itself is held only in a turn)
         "generation": None if info is None else info.generation,
         "units": None if info is None else
         {"open": info.counts.open, "claimed": info.counts.claimed, "done": info.counts.done},

@@ -2,7 +2,8 @@
 domain with 1 s stress-ng trials) pointed at one throwaway PostgreSQL complete generations together;
 one is SIGKILLed mid-unit and the generation still completes with every unit measured exactly once
 (its lease expires and another host re-claims the unit); PostgreSQL is stopped and started again
-mid-generation and no trial row is lost or duplicated (units finished meanwhile are spooled)."""
+mid-generation and no trial row is lost or duplicated (a unit finished meanwhile is spooled: the
+database comes back only once a host's status shows it in the spool)."""
 
 from __future__ import annotations
 
@@ -136,11 +137,15 @@ def test_three_daemons_share_generations_through_a_kill_and_a_database_restart(
         victim = _until("a unit of generation 1 claimed", 30, lambda: _rows(cluster, db, claimed))[0]
         os.killpg(procs[victim[0]].pid, signal.SIGKILL)
         procs[victim[0]].wait()
-        # The database goes away while the others measure, and comes back.
-        cluster.stop()
+        # The database goes away while another host measures, and comes back once that host has
+        # spooled the unit it finished meanwhile.
         alive = [h for h in HOSTS if h != victim[0]]
+        _until("another host measuring a unit", 60, lambda: any(
+            _fleet(workdir, h)["units"]["in_hand"] is not None for h in alive))  # fmt: skip
+        cluster.stop()
         _until("a daemon saying the database is unreachable", 30, lambda: any(
             not _fleet(workdir, h)["database"]["reachable"] for h in alive))  # fmt: skip
+        _until("a finished unit spooled", 90, lambda: any(_fleet(workdir, h)["spool"] >= 1 for h in alive))
         cluster.start()
         _until("generation 1 concluded", LEASE_S + 60, lambda: len(_generations(cluster, db)) >= 3)
         for h in alive:

@@ -13,9 +13,9 @@ from test_fleet_store import KEY, result_for
 
 from kloros_orchestrator.fleet.leader import LeaderLock
 from kloros_orchestrator.fleet.pgstore import (
-    UNREACHABLE,
     FleetStore,
     UnitCounts,
+    is_unreachable,
     open_fleet_store,
     write_or_spool,
 )
@@ -67,10 +67,10 @@ def test_units_finished_while_the_database_is_down_are_spooled_and_written_once(
     assert not leader.held()  # the leader's session died with the server
     pg_cluster.start()
 
-    report = spool.flush(store.complete_unit, UNREACHABLE)
+    report = spool.flush(store.complete_unit, is_unreachable)
     assert (report.written, report.already, report.left) == (len(during), 1, 0)
     assert not spool.path.exists()
-    assert spool.flush(store.complete_unit, UNREACHABLE).written == 0
+    assert spool.flush(store.complete_unit, is_unreachable).written == 0
     for u in after:
         assert write_or_spool(store, spool, result_for(u, "a")) is Outcome.WRITTEN
 

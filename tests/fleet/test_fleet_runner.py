@@ -32,27 +32,53 @@ UNITS = POPULATION * ROUNDS
 MANIFEST = {"cpus": 4, "kernel": "6.1.0", "stress_ng_version": "0.15.06", "cpu_model": "m", "memory_gib": 8}
 
 
+class Barrier:
+    """Every runner's first trial waits here until all of them reached theirs: each then holds a
+    unit of its own, so the work is shared by construction, whatever the machine's load."""
+
+    def __init__(self, parties: int) -> None:
+        self.parties = parties
+        self.arrived: set[int] = set()
+        self.all_in = anyio.Event()
+
+    async def wait(self, who: int) -> None:
+        self.arrived.add(who)
+        if len(self.arrived) >= self.parties:
+            self.all_in.set()
+        await self.all_in.wait()
+
+
 class SlowRunner(FakeRunner):
     """The fake runner, taking a little real time per trial so that runners really interleave; with
-    ``hang`` set, its first trial never returns (a host that stops answering mid-unit)."""
+    ``hang`` set, its first trial never returns (a host that stops answering mid-unit); with
+    ``barrier`` set, its first trial waits for every runner's first trial."""
 
     hang: bool = False
+    barrier: Barrier | None = None
 
     async def run_trial(self, domain: SpicaDomain, genome: Genome, regime: str, **kw: Any) -> TrialResult:
         if self.hang:
             await anyio.sleep_forever()
-        await anyio.sleep(0.05)  # long enough for every runner to join before the units run out
+        if self.barrier is not None:
+            await self.barrier.wait(id(self))
+        await anyio.sleep(0.01)
         return await super().run_trial(domain, genome, regime, **kw)
 
 
 def make_runner(
-    tmp_path: Path, dsn: str, host: str, *, lease_s: float = 30.0, hang: bool = False
+    tmp_path: Path,
+    dsn: str,
+    host: str,
+    *,
+    lease_s: float = 30.0,
+    hang: bool = False,
+    barrier: Barrier | None = None,
 ) -> FleetDreamLoop:
     root = tmp_path / host
     root.mkdir()
     dom = open_tune_domain(root)
     runner = SlowRunner(seed=len(host))
-    runner.hang = hang
+    runner.hang, runner.barrier = hang, barrier
     paths = StatePaths(root / "state")
     gate = DreamGate()
     gate.open()
@@ -89,7 +115,8 @@ def close_all() -> Iterator[list[FleetDreamLoop]]:
 async def test_three_runners_complete_a_generation_each_unit_measured_once(
     tmp_path: Path, fleet_dsn: str, close_all: list[FleetDreamLoop]
 ) -> None:
-    loops = [make_runner(tmp_path, fleet_dsn, h) for h in ("a", "b", "c")]
+    barrier = Barrier(3)
+    loops = [make_runner(tmp_path, fleet_dsn, h, barrier=barrier) for h in ("a", "b", "c")]
     close_all.extend(loops)
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
@@ -99,7 +126,7 @@ async def test_three_runners_complete_a_generation_each_unit_measured_once(
         fleet_dsn, "SELECT cand_id, round, state, done_by, claims FROM work_units WHERE generation = 0"
     )
     assert len(units) == UNITS and all(u[2] == "done" and u[4] == 1 for u in units), units
-    assert len({u[3] for u in units}) >= 2, "the work was shared"
+    assert {u[3] for u in units} == {"a", "b", "c"}, "the work was shared"
     per_unit = _query(
         fleet_dsn, "SELECT cand_id, round, count(*), count(DISTINCT host) FROM trials GROUP BY 1, 2"
     )
@@ -115,6 +142,9 @@ async def test_three_runners_complete_a_generation_each_unit_measured_once(
     assert set(verdict["told"]) == {c for c, *_ in units} and set(verdict["hosts"]) == {u[3] for u in units}
     assert leader.progress.best[TUNE]["generation"] == 0
     assert (leader.paths.candidates(TUNE) / "gen0_best.json").exists()
+    assert not (leader.paths.root / "fleet" / "staging").exists(), "the artifacts were moved into place"
+    others = [loop for loop in loops if loop is not leader]
+    assert not any((o.paths.candidates(TUNE) / "gen0_best.json").exists() for o in others)
     status = fleet_status(leader)["fleet"]
     study = status["studies"][TUNE]
     assert study["leader"] is True and study["name"] == "web" and len(study["key_digest"]) == 64
@@ -133,8 +163,11 @@ async def test_a_runner_gone_mid_unit_leaves_a_lease_another_reclaims_after_it_e
     async def vanish(_unit: Any) -> None:  # a SIGKILLed host tells the database nothing
         return None
 
+    async def never_renew(_unit: Any) -> None:  # nor renews its lease (returning would mean "lost")
+        await anyio.sleep_forever()
+
     dead._release = vanish  # type: ignore[method-assign]
-    dead._renew = vanish  # type: ignore[method-assign]
+    dead._renew = never_renew  # type: ignore[method-assign]
     with anyio.fail_after(60):
         async with anyio.create_task_group() as tg:
             tg.start_soon(dead.tournament, TUNE)
