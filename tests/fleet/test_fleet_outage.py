@@ -66,6 +66,10 @@ def test_units_finished_while_the_database_is_down_are_spooled_and_written_once(
     assert len(spool) == len(during) + 1
     assert not leader.held()  # the leader's session died with the server
     pg_cluster.start()
+    # Ready, not slept for: drop the connections the restart broke and wait until the pool has a new
+    # one (its reconnect backoff is about a second, longer than this store's 0.5 s borrow timeout).
+    store.pool.check()
+    store.pool.wait(timeout=30)
 
     report = spool.flush(store.complete_unit, is_unreachable)
     assert (report.written, report.already, report.left) == (len(during), 1, 0)
