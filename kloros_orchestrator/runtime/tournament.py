@@ -314,14 +314,15 @@ class Tournament:
         if race.finished:
             return
         stock = out.stock
+        # A stock trial that failed is no fault of the candidates: this round's samples compare the
+        # regimes the stock arm measured (none: every candidate's sample is missing, as before).
+        judged = [r for r in out.regimes if stock[r] and stock[r][-1].ok] or list(out.regimes)
         for c in race.pending():
             if c in out.unsafe:
                 race.fail(c, "unsafe: " + "; ".join(out.unsafe[c]))
                 continue
             arm = out.results[c]
-            race.record(
-                c, round_score({r: arm[r][-1] for r in out.regimes}, {r: stock[r][-1] for r in out.regimes})
-            )
+            race.record(c, round_score({r: arm[r][-1] for r in judged}, {r: stock[r][-1] for r in judged}))
         if not race.finished:
             for c in race.end_round():
                 logger.info("race: {} eliminated: {}", c, race.eliminated.get(c))

@@ -642,3 +642,25 @@ async def test_a_race_decided_early_still_gives_the_winner_min_trials_rounds(tmp
     assert len(rig.runner.calls_of(STOCK_ARM)) == 2 * 3
     pack = load_pack(rig.paths.candidates(TUNE) / "gen0_best.json")
     assert pack.cand_id == keep and pack.aggregate.score_v2 is not None
+
+
+async def test_a_failed_stock_trial_does_not_take_the_candidates_out_of_the_race(tmp_path: Path) -> None:
+    # The stock arm's first trial fails (a flaky stress-ng): the round still judges the candidates on
+    # the regime the stock arm did measure, instead of recording "no usable sample" for every one.
+    tune = open_tune_domain(tmp_path)
+    rig = open_dream_rig(tmp_path / "state", {TUNE: tune}, config=dream_config(trials=3, min_trials=2))
+    rig.loop.restore({})
+    failed: list[int] = []
+
+    def flaky(c: Any) -> str | None:
+        if c.cand_id == STOCK_ARM and not failed:
+            failed.append(c.index)
+            return "stress-ng exited 3 (not enough resources)"
+        return None
+
+    rig.runner.fail = flaky
+    with anyio.fail_after(10):
+        await rig.loop.tournament(TUNE)
+    assert failed
+    lines = [x for x in history(rig) if x["kind"] == "candidate"]
+    assert lines and not any("no usable sample" in str(x.get("elimination")) for x in lines)
