@@ -22,7 +22,7 @@ import msgspec
 import psycopg
 from psycopg.types.json import Jsonb
 
-from kloros_orchestrator.fleet.pgstore import FleetStore, UnitCounts
+from kloros_orchestrator.fleet.pgstore import FleetStore, UnitCounts, insert_units
 
 
 class GenerationInfo(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,16 +58,7 @@ def _insert(
     ).fetchone()
     if made is None:
         return False
-    with conn.cursor() as cur:
-        cur.executemany(
-            "INSERT INTO work_units (study_id, generation, cand_id, round, genome)"
-            " VALUES (%s, %s, %s, %s, %s)",
-            [
-                (study_id, generation, cand_id, r, Jsonb(dict(genome)))
-                for r in range(rounds)
-                for cand_id, genome in candidates.items()
-            ],
-        )
+    insert_units(conn, study_id, generation, candidates, rounds)
     return True
 
 

@@ -193,16 +193,7 @@ class FleetStore:
             ).fetchone()
             if made is None:
                 return False
-            with conn.cursor() as cur:
-                cur.executemany(
-                    "INSERT INTO work_units (study_id, generation, cand_id, round, genome)"
-                    " VALUES (%s, %s, %s, %s, %s)",
-                    [
-                        (study_id, generation, cand_id, r, Jsonb(dict(genome)))
-                        for r in range(rounds)
-                        for cand_id, genome in candidates.items()
-                    ],
-                )
+            insert_units(conn, study_id, generation, candidates, rounds)
         return True
 
     def latest_generation(self, study_id: int) -> int | None:
@@ -346,6 +337,26 @@ def write_or_spool(store: FleetStore, spool: TrialSpool, result: UnitResult) -> 
         return None
 
 
+def insert_units(
+    conn: psycopg.Connection[Any],
+    study_id: int,
+    generation: int,
+    candidates: Mapping[str, Mapping[str, Any]],
+    rounds: int,
+) -> None:
+    """One work unit per candidate × round of a generation just inserted (same transaction)."""
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO work_units (study_id, generation, cand_id, round, genome)"
+            " VALUES (%s, %s, %s, %s, %s)",
+            [
+                (study_id, generation, cand_id, r, Jsonb(dict(genome)))
+                for r in range(rounds)
+                for cand_id, genome in candidates.items()
+            ],
+        )
+
+
 def open_fleet_store(
     dsn: str, *, min_size: int = 1, max_size: int = 4, timeout_s: float = 10.0
 ) -> FleetStore:
@@ -375,6 +386,7 @@ __all__ = [
     "FleetStore",
     "Study",
     "UnitCounts",
+    "insert_units",
     "is_unreachable",
     "open_fleet_store",
     "write_or_spool",
