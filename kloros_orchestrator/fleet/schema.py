@@ -21,6 +21,10 @@ Version 1 (README, "Running a fleet"):
 
 Version 2 adds to ``generations`` the engine's state after the generation was asked, its rounds, and
 its conclusion (``concluded_at``, ``concluded_by``, ``verdict``): see ``fleet.generations``.
+
+Version 3 adds ``phase_runs``: one row per (study, host, PHASE run id, domain) with the run's
+variants (genome digest → cand_id) and trials as JSON, read back per host, newest first (index
+``phase_runs_recent``): see ``fleet.phase_rows``.
 """
 
 from __future__ import annotations
@@ -100,7 +104,24 @@ _V2: Final = (
         ADD COLUMN verdict jsonb""",
 )
 
-MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1), (2, _V2))
+# Version 3: each host's PHASE runs, so the fleet verdict on a PHASE variant has every host's trials
+# (``fleet.phase_rows``). ``finished_at`` is the host's clock: it orders one host's runs only.
+_V3: Final = (
+    """CREATE TABLE phase_runs (
+        study_id bigint NOT NULL REFERENCES studies (id),
+        host text NOT NULL,
+        run_id text NOT NULL,
+        domain text NOT NULL,
+        stock_digest text NOT NULL,
+        finished_at double precision NOT NULL,
+        recorded_at timestamptz NOT NULL DEFAULT now(),
+        variants jsonb NOT NULL CHECK (jsonb_typeof(variants) = 'object'),
+        trials jsonb NOT NULL CHECK (jsonb_typeof(trials) = 'array'),
+        PRIMARY KEY (study_id, host, run_id, domain))""",
+    "CREATE INDEX phase_runs_recent ON phase_runs (study_id, domain, host, finished_at DESC, run_id DESC)",
+)
+
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1), (2, _V2), (3, _V3))
 LATEST: Final = MIGRATIONS[-1][0]
 
 

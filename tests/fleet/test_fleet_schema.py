@@ -11,7 +11,7 @@ import pytest
 from kloros_orchestrator.fleet.errors import SchemaTooNew
 from kloros_orchestrator.fleet.schema import LATEST, MIGRATIONS, migrate, schema_version
 
-TABLES = {"fleet_schema", "studies", "hosts", "generations", "work_units", "trials"}
+TABLES = {"fleet_schema", "studies", "hosts", "generations", "work_units", "trials", "phase_runs"}
 
 
 def _tables(conn: psycopg.Connection[Any]) -> set[str]:
@@ -60,6 +60,36 @@ def test_a_failed_migration_leaves_nothing_behind(fleet_dsn: str, monkeypatch: p
             migrate(conn)
         assert schema_version(conn) == 0
         assert _tables(conn) == set()  # fleet_schema too: the one transaction rolled back
+
+
+def test_a_version_2_database_with_a_study_is_migrated_to_3(
+    fleet_dsn: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fleet created by the previous release keeps its studies and gains ``phase_runs``."""
+    with psycopg.connect(fleet_dsn, autocommit=True) as conn:
+        monkeypatch.setattr("kloros_orchestrator.fleet.schema.MIGRATIONS", MIGRATIONS[:2])
+        monkeypatch.setattr("kloros_orchestrator.fleet.schema.LATEST", 2)
+        assert migrate(conn) == [1, 2]
+        assert "phase_runs" not in _tables(conn)
+        row = conn.execute(
+            "INSERT INTO studies (name, key_digest, key) VALUES ('web', 'k', '{}') RETURNING id"
+        ).fetchone()
+        assert row is not None
+        monkeypatch.undo()
+        assert LATEST == 3
+        assert migrate(conn) == [3]
+        assert schema_version(conn) == 3 and _tables(conn) == TABLES
+        conn.execute(
+            "INSERT INTO phase_runs (study_id, host, run_id, domain, stock_digest, finished_at,"
+            " variants, trials) VALUES (%s, 'a', 'r1', 'cpu', 's', 1.0, '{}', '[]')",
+            (row[0],),
+        )
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):  # a run belongs to a study
+            conn.execute(
+                "INSERT INTO phase_runs (study_id, host, run_id, domain, stock_digest, finished_at,"
+                " variants, trials) VALUES (%s, 'a', 'r2', 'cpu', 's', 1.0, '{}', '[]')",
+                (int(row[0]) + 1,),
+            )
 
 
 def test_a_database_newer_than_the_daemon_is_refused(fleet_dsn: str) -> None:
