@@ -20,7 +20,7 @@ import zlib
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -33,7 +33,7 @@ from kloros_orchestrator.core.coordinator import Event, TournamentDone, Tourname
 from kloros_orchestrator.core.pacing import PacingInputs, decide, estimate_tournament_s, should_start
 from kloros_orchestrator.engine import Evolution, SearchSpace
 from kloros_orchestrator.model import Genome
-from kloros_orchestrator.phase.records import VariantInfo
+from kloros_orchestrator.phase.records import PhaseData, VariantInfo
 from kloros_orchestrator.phase.results import PhaseResults
 from kloros_orchestrator.runtime.collapse import collapse_domain
 from kloros_orchestrator.runtime.conclude import (
@@ -54,6 +54,9 @@ from kloros_orchestrator.runtime.records import (
 from kloros_orchestrator.runtime.tournament import Tournament, TournamentOutcome
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.store import StatePaths
+
+if TYPE_CHECKING:
+    from kloros_orchestrator.runtime.host_keeper import HostKeeper
 
 ROLLING = 5
 FAILURE_BACKOFF_S = 30.0
@@ -516,6 +519,13 @@ class DreamLoop:
         self.report(TournamentDone(name, gen, now=self.clock()))
 
     # --- PHASE's side -----------------------------------------------------------------------------
+
+    def bind_keeper(self, keeper: HostKeeper) -> None:
+        """The host keeper compares an adoption with the stock arms the last PHASE measured."""
+        keeper.phase_stock = self.phase_stock
+
+    def phase_measured(self, data: PhaseData, *, run_id: str, finished_at: float) -> None:
+        """A PHASE window's trials are in (a fleet shares them: ``FleetDreamLoop``)."""
 
     def phase_subjects(
         self, max_variants: int

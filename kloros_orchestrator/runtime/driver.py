@@ -212,7 +212,7 @@ class Daemon:
             events=self.events, lock=self.host_lock, set_current=self.dream.set_current,
             on_status=lambda text: self.notifier.status(f"{self.coord.state}: {text}"),
         )  # fmt: skip
-        self.keeper.phase_stock = self.dream.phase_stock
+        self.dream.bind_keeper(self.keeper)  # in a fleet, adoption follows the fleet's PHASE verdict
         current = await anyio.to_thread.run_sync(self.keeper.startup, domains)
         self.dream.restore(self.saved.engines, self.saved.domain_index, current)
         self.phase = self._make_phase()
@@ -503,6 +503,7 @@ class Daemon:
             self.dispatch(PhaseComplete(results_path=None, complete=False, now=self.clock()))
             return
         r = outcome.results
+        self.dream.phase_measured(outcome.data, run_id=r.run_id, finished_at=outcome.completed_at)
         self.saved.last_phase = LastPhase(
             completed_at=iso(outcome.completed_at) or "", results=str(outcome.path), window_id=w.window_id,
             complete=r.complete, run_id=r.run_id,

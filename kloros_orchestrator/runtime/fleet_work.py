@@ -42,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -54,15 +54,26 @@ from loguru import logger
 from kloros_orchestrator.config import LoadedConfig
 from kloros_orchestrator.core.coordinator import TournamentDone, TournamentStarted
 from kloros_orchestrator.engine import Evolution
-from kloros_orchestrator.fleet.dsn import default_host_id, redact
+from kloros_orchestrator.fleet.dsn import redact
 from kloros_orchestrator.fleet.errors import FleetError
 from kloros_orchestrator.fleet.key import study_key
 from kloros_orchestrator.fleet.records import Outcome, UnitResult, WorkUnit, genome_digest
 from kloros_orchestrator.fleet.spool import TrialSpool, spool_path
 from kloros_orchestrator.fleet.verdict import FleetTrial, FleetVerdict, fleet_verdicts
+from kloros_orchestrator.phase.records import PhaseData
 from kloros_orchestrator.runtime.conclude import entry_from_pack, promote, verdict_of
 from kloros_orchestrator.runtime.dream import DreamLoop, DreamSettings, seed_of
+from kloros_orchestrator.runtime.fleet_context import (
+    MIN_LEASE_S,
+    FleetSettings,
+    StudyContext,
+    Turn,
+    fleet_settings,
+    study_status,
+    unit_seconds,
+)
 from kloros_orchestrator.runtime.fleet_db import DatabaseDown, FleetDatabase
+from kloros_orchestrator.runtime.fleet_phase import FleetPhase
 from kloros_orchestrator.runtime.fleet_unit import (
     UnitPlan,
     conclude_rows,
@@ -71,72 +82,16 @@ from kloros_orchestrator.runtime.fleet_unit import (
     publish_staged,
     staging,
 )
+from kloros_orchestrator.runtime.records import HallOfFameEntry
 from kloros_orchestrator.runtime.startup import manifest_fields
 
 if TYPE_CHECKING:
     from kloros_orchestrator.fleet.generations import GenerationInfo
-    from kloros_orchestrator.fleet.leader import LeaderLock
     from kloros_orchestrator.fleet.pgstore import FleetStore
+    from kloros_orchestrator.runtime.host_keeper import HostKeeper
 
-MIN_LEASE_S = 30.0
-TRIAL_OVERHEAD_S = 2.0  # apply, start, reap: a trial's wall time beyond its stress-ng duration
 RELEASE_BOUND_S = 3.0  # a stop never waits longer than this for the database
 RECORD_BOUND_S = 10.0  # a finished unit not written within this is spooled
-
-
-@dataclass(frozen=True)
-class FleetSettings:
-    dsn: str = field(repr=False)  # may hold a password: never in a repr (tracebacks, logs)
-    name: str
-    host_id: str
-    manifest: Mapping[str, Any]  # the run manifest's fields: the host's part of the study key
-    lease_s: float
-    heartbeat_s: float
-    poll_s: float = 1.0  # while other hosts hold the remaining units of a generation
-
-
-@dataclass
-class StudyContext:
-    """One domain's study as this host sees it."""
-
-    domain: str
-    study_id: int
-    study_name: str
-    key_digest: str
-    lock: LeaderLock
-    leader: bool = False  # holds the leader lock now (only ever during a turn)
-    led: bool = False  # was the leader when it last tried: events say when leadership moves
-    hosts_alive: int = 1
-    info: GenerationInfo | None = None
-
-
-@dataclass
-class _Turn:
-    target: int | None = None  # the generation this turn works on, once known
-    started: float = field(default_factory=time.monotonic)
-
-
-def unit_seconds(loaded: LoadedConfig) -> float:
-    """The longest expected work unit over the enabled domains: two arms × every regime."""
-    d = loaded.config.dream
-    per_domain = [
-        2 * sum((d.trial_seconds or float(spec.duration)) + TRIAL_OVERHEAD_S for spec in specs.values())
-        for specs in loaded.regimes.values()
-    ]
-    return max(per_domain, default=MIN_LEASE_S)
-
-
-def fleet_settings(loaded: LoadedConfig, manifest: Mapping[str, Any]) -> FleetSettings:
-    st = loaded.config.study
-    lease = st.lease_seconds if st.lease_seconds is not None else max(MIN_LEASE_S, 3 * unit_seconds(loaded))
-    return FleetSettings(
-        dsn=st.store,
-        name=st.name or "",
-        host_id=st.host_id or default_host_id(loaded.state_dir),
-        manifest=dict(manifest),
-        lease_s=lease,
-        heartbeat_s=min(st.heartbeat_seconds, lease / 2),
-    )
 
 
 def dream_factory(loaded: LoadedConfig, stress_ng: str, version: str) -> Callable[..., DreamLoop]:
@@ -165,6 +120,26 @@ class FleetDreamLoop(DreamLoop):
         self.units_claimed = 0
         self.units_done = 0
         self.units_superseded = 0
+        self.taken: dict[str, int] = {}  # per domain: the newest concluded generation whose verdict is in
+        self.phase = FleetPhase(
+            db=self.db, host=fleet.host_id, root=self.paths.root / "fleet" / "phase", events=self.events,
+            seed=self.settings.seed, n_boot=self.settings.n_boot, window_s=fleet.window_s,
+            study_of=self._study_of, clock=self.clock,
+        )  # fmt: skip
+
+    async def _study_of(self, name: str) -> tuple[int, int]:
+        ctx = await self._context(name)
+        return ctx.study_id, ctx.hosts_alive
+
+    # --- PHASE's side: each window shared, adoption from the fleet's verdict (runtime/fleet_phase.py)
+
+    def bind_keeper(self, keeper: HostKeeper) -> None:
+        super().bind_keeper(keeper)
+        keeper.fleet = True  # adoption follows the fleet's PHASE verdict, not this host's own
+        self.phase.on_decision = keeper.fleet_decided
+
+    def phase_measured(self, data: PhaseData, *, run_id: str, finished_at: float) -> None:
+        self.phase.finished(data, run_id=run_id, finished_at=finished_at)
 
     def _close(self) -> None:
         for ctx in self.studies.values():
@@ -194,6 +169,8 @@ class FleetDreamLoop(DreamLoop):
                         partial(_beat, ctx.study_id, self.fleet.host_id, within)
                     )
                 await self._flush()
+                await self._catch_up()
+                await self.phase.step()
             except DatabaseDown:
                 pass
             except Exception as e:
@@ -201,6 +178,14 @@ class FleetDreamLoop(DreamLoop):
                 logger.error("fleet heartbeat failed: {}", text)
                 self.db.mark_down(text)
             await anyio.sleep(self.fleet.heartbeat_s)
+
+    async def _catch_up(self) -> None:
+        """Every joined study's newest verdict taken, turn or not: PHASE measures the study's hall of
+        fame even on a host whose last turn ended before its generation was concluded."""
+        for name, ctx in list(self.studies.items()):
+            info = ctx.info = await self.db.call(partial(_latest, study_id=ctx.study_id))
+            if info is not None:
+                await self._take_verdict(name, ctx, info.generation - (not info.concluded))
 
     async def _flush(self) -> None:
         """Write the spooled units (oldest first); the database stays unreachable if it went away
@@ -232,7 +217,7 @@ class FleetDreamLoop(DreamLoop):
         s = self.searches[name]
         self.progress.domain, self.progress.generation = name, s.generation
         self.report(TournamentStarted(name, s.generation, now=self.clock()))
-        turn = _Turn()
+        turn = Turn()
         try:
             while self.gate.is_open:
                 try:
@@ -248,7 +233,7 @@ class FleetDreamLoop(DreamLoop):
         self.report(TournamentDone(name, s.generation, now=self.clock()))
         return None
 
-    async def _step(self, name: str, turn: _Turn) -> bool:
+    async def _step(self, name: str, turn: Turn) -> bool:
         """One claim (or one wait); True when the turn is over (module docstring)."""
         ctx = await self._context(name)
         await self._flush()
@@ -262,8 +247,9 @@ class FleetDreamLoop(DreamLoop):
             )
             if ctx.leader and info.complete and not info.concluded:
                 return False  # its last unit landed just now: the leader concludes it next step
+        if info is not None:
+            await self._take_verdict(name, ctx, info.generation - (not info.concluded))
         if turn.target is not None and info is not None and (info.generation > turn.target or info.complete):
-            await self._take_verdict(name, ctx, turn.target)
             return True
         lease = self.fleet.lease_s
         units = await self.db.call(lambda st: st.claim(ctx.study_id, self.fleet.host_id, lease_s=lease))
@@ -380,6 +366,10 @@ class FleetDreamLoop(DreamLoop):
         verdict["method"] = "fleet/verdict.py: per-host paired scores, hosts as blocks"
         verdict["verdicts"] = {cid: msgspec.to_builtins(v) for cid, v in fleet.items()}
         verdict["promoted"] = sorted(cid for cid, v in fleet.items() if v.promoted)
+        best, hof = packs.best, s.hall_of_fame
+        if best is not None and best.safe and best.aggregate.score_v2 is not None:
+            hof = promote(hof, entry_from_pack(best))
+        verdict["hall_of_fame"] = msgspec.to_builtins(hof)  # the study's: every host's PHASE subjects
         nxt = {c.cand_id: dict(c.genome) for c in engine.ask()}
         state, rounds = engine.state(), self.cfg.trials
         won = await self.db.call(lambda st: conclude_and_advance(
@@ -391,9 +381,7 @@ class FleetDreamLoop(DreamLoop):
         publish_staged(stage, self.paths)
         for note in notes:
             self.events.record("search_space_adapted", domain=name, generation=gen, change=note)
-        best = packs.best
-        if best is not None and best.safe and best.aggregate.score_v2 is not None:
-            s.hall_of_fame = promote(s.hall_of_fame, entry_from_pack(best))
+        s.hall_of_fame, self.taken[name] = hof, gen
         s.engine, s.committed, s.generation = engine, engine.state(), gen + 1
         self.progress.best[name] = {"generation": gen, **said, "fleet": _short(verdict)}
         logger.info("fleet: {} generation {} concluded over {} host(s): {}", name, gen, len(verdict["hosts"]),
@@ -401,16 +389,22 @@ class FleetDreamLoop(DreamLoop):
         self.events.record("fleet_generation_concluded", domain=name, generation=gen, verdict=verdict)
 
     async def _take_verdict(self, name: str, ctx: StudyContext, gen: int) -> None:
-        """A host that did not conclude the generation shows the fleet verdict once it is recorded."""
+        """The study's newest concluded generation ``gen``, concluded by another host: its verdict
+        shown, its hall of fame taken (what this host's PHASE windows measure)."""
         from kloros_orchestrator.fleet.generations import verdict_of as recorded
 
-        if (self.progress.best.get(name) or {}).get("generation") == gen:
+        s = self.searches[name]
+        if gen < 0 or self.taken.get(name, -1) >= gen:
             return
         verdict = await self.db.call(lambda st: recorded(st, ctx.study_id, gen))
-        if verdict is not None:
-            self.searches[name].generation = gen + 1
-            self.progress.best[name] = {"generation": gen, "text": verdict.get("text"),
-                                        "cand_id": verdict.get("best"), "fleet": _short(verdict)}  # fmt: skip
+        if verdict is None:
+            return
+        hof = verdict.get("hall_of_fame")
+        if hof is not None:  # absent in a verdict an older daemon recorded: keep this host's
+            s.hall_of_fame = msgspec.convert(hof, list[HallOfFameEntry])
+        s.generation, self.taken[name] = gen + 1, gen
+        self.progress.best[name] = {"generation": gen, "text": verdict.get("text"),
+                                    "cand_id": verdict.get("best"), "fleet": _short(verdict)}  # fmt: skip
 
     # --- one unit ---------------------------------------------------------------------------------
 
@@ -527,7 +521,8 @@ class FleetDreamLoop(DreamLoop):
                 if unit is None
                 else {"generation": unit.generation, "cand_id": unit.cand_id, "round": unit.round},
             },
-            "studies": {name: _study_status(ctx) for name, ctx in self.studies.items()},
+            "studies": {name: study_status(ctx) for name, ctx in self.studies.items()},
+            "phase": self.phase.status(),
         }
 
 
@@ -556,21 +551,8 @@ def _short(verdict: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def _study_status(ctx: StudyContext) -> dict[str, Any]:
-    info = ctx.info
-    return {
-        "name": ctx.study_name,
-        "study_id": ctx.study_id,
-        "key_digest": ctx.key_digest,
-        "hosts_alive": ctx.hosts_alive,
-        "leader": ctx.led,  # led the study at its last try (the lock itself is held only in a turn)
-        "generation": None if info is None else info.generation,
-        "units": None if info is None else
-        {"open": info.counts.open, "claimed": info.counts.claimed, "done": info.counts.done},
-    }  # fmt: skip
-
-
 __all__ = [
+    "MIN_LEASE_S",
     "DatabaseDown",
     "FleetDreamLoop",
     "FleetSettings",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Final, Literal
+from typing import TYPE_CHECKING, Any, Final, Literal
 
 import anyio
 import msgspec
@@ -25,13 +25,16 @@ from loguru import logger
 from kloros_orchestrator.errors import DomainError, KlorosError
 from kloros_orchestrator.host import adoption
 from kloros_orchestrator.host.live import factory_genome, settings_of
-from kloros_orchestrator.host.records import AdoptedBy, AdoptedConfig
+from kloros_orchestrator.host.records import AdoptedBy, AdoptedConfig, Provenance
 from kloros_orchestrator.host.store import HostStore
 from kloros_orchestrator.model import Genome
 from kloros_orchestrator.phase.results import PhaseResults
 from kloros_orchestrator.runtime.control import PEER_UID
 from kloros_orchestrator.runtime.ports import EventLog
 from kloros_orchestrator.spica.base import SpicaDomain
+
+if TYPE_CHECKING:
+    from kloros_orchestrator.runtime.fleet_phase import FleetDecision
 
 PromotionMode = Literal["manual", "auto"]
 HOST_COMMANDS: Final = ("apply", "rollback", "verify")
@@ -62,6 +65,8 @@ class HostKeeper:
         self.notes: dict[str, str] = {}
         self.results: PhaseResults | None = None
         self.phase_stock: dict[str, Genome] = {}  # the stock arms of the PHASE that ran last
+        self.fleet = False  # in a fleet study: adoption follows the fleet's PHASE verdict
+        self.fleet_decisions: dict[str, FleetDecision] = {}
         self._spawn: Callable[[], object] | None = None
 
     # --- start-up (blocking: run in a worker thread) ---------------------------------------------
@@ -192,7 +197,7 @@ class HostKeeper:
         """A PHASE verdict arrived: remember it (pending promotions) and, in ``auto``, adopt the best
         promoted variant of each domain whose current configuration PHASE measured as its stock arm."""
         self.results = results
-        if self.mode != "auto":
+        if self.mode != "auto" or self.fleet:  # a fleet adopts on the fleet's verdict (fleet_decided)
             return
         for name in results.domains_tested:
             best = adoption.best_promoted(results, name)
@@ -214,6 +219,42 @@ class HostKeeper:
                 self.changed(name)
             except (KlorosError, OSError) as e:
                 logger.error("domain {}: automatic adoption of {} failed: {}", name, best.cand_id, e)
+
+    def fleet_decided(self, decision: FleetDecision) -> None:
+        """The fleet's verdict on this host's PHASE of a domain (runtime/fleet_phase.py): listed in
+        status; in ``auto``, adopted when this host adopts it (``host_adopts``) and the domain still
+        runs the configuration its PHASE measured against."""
+        name, pick, adoption_ = decision.domain, decision.pick, decision.adoption
+        self.fleet_decisions[name] = decision
+        if self.mode != "auto" or pick is None or adoption_ is None or name not in self.domains:
+            return
+        if dict(pick.genome) == self.current.get(name):
+            return
+        if not adoption_.adopt:
+            logger.info("domain {}: not adopting {}: {}", name, pick.cand_id, adoption_.reason)
+            return
+        if decision.stock != self.current.get(name):
+            logger.warning("domain {}: not adopting {}: its configuration changed since the PHASE the fleet "
+                           "judged", name, pick.cand_id)  # fmt: skip
+            return
+        try:
+            self.adopt(self._fleet_choice(decision, "auto"))
+            self.changed(name)
+        except (KlorosError, OSError) as e:
+            logger.error("domain {}: automatic adoption of {} failed: {}", name, pick.cand_id, e)
+
+    def _fleet_choice(self, decision: FleetDecision, by: AdoptedBy) -> adoption.Choice:
+        pick, v = decision.pick, decision.verdict
+        if pick is None or v is None:
+            raise adoption.AdoptionRefused(f"the fleet promoted no variant of {decision.domain}")
+        why = f"fleet PHASE verdict over {decision.hosts} host(s): {v.reason}"
+        if decision.adoption is not None:
+            why += f"; this host: {decision.adoption.reason}"
+        prov = Provenance(
+            by=by, at=adoption.now_iso(), phase_run_id=decision.run_id, cand_id=pick.cand_id,
+            spica_id=pick.spica_id, score_v2=v.effect, score_ci95=v.ci, evidence=why,
+        )  # fmt: skip
+        return adoption.Choice(decision.domain, dict(pick.genome), prov)
 
     # --- requests and status ---------------------------------------------------------------------
 
@@ -254,9 +295,13 @@ class HostKeeper:
         if not domain or (variant is not None and not isinstance(variant, str)):
             return {"ok": False, "error": "apply needs a domain and either a variant id or phase: latest"}
         by: AdoptedBy = "operator"
-        choice = await anyio.to_thread.run_sync(
-            lambda: adoption.choose(self.store.paths, domain, variant=variant, force=force, by=by)
-        )
+        fleet = self.fleet_decisions.get(domain)
+        if fleet is not None and fleet.pick is not None and variant in (None, fleet.pick.cand_id):
+            choice = self._fleet_choice(fleet, by)  # promoted by the fleet's verdict
+        else:
+            choice = await anyio.to_thread.run_sync(
+                lambda: adoption.choose(self.store.paths, domain, variant=variant, force=force, by=by)
+            )
         config = await anyio.to_thread.run_sync(self.adopt, choice)
         self.changed(domain)
         when = "now" if not self.lock.locked() else "at the next tournament boundary"
@@ -292,6 +337,8 @@ class HostKeeper:
         return {"promotion": self.mode, "domains": out}
 
     def _pending_promotions(self, name: str) -> list[dict[str, Any]]:
+        if self.fleet:
+            return self._fleet_promotions(name)
         r = self.results
         if r is None:
             return []
@@ -300,6 +347,18 @@ class HostKeeper:
              "phase_run_id": r.run_id, "apply": f"apply --domain {name} --variant {p.cand_id}"}
             for p in r.promoted_variants
             if p.domain == name and dict(p.genome) != self.current.get(name)
+        ]  # fmt: skip
+
+    def _fleet_promotions(self, name: str) -> list[dict[str, Any]]:
+        d = self.fleet_decisions.get(name)
+        if d is None or d.pick is None or d.verdict is None or dict(d.pick.genome) == self.current.get(name):
+            return []
+        v = d.verdict
+        ci = None if v.ci is None else list(v.ci)
+        return [
+            {"cand_id": d.pick.cand_id, "score_v2": v.effect, "score_ci95": ci,
+             "phase_run_id": d.run_id, "fleet": d.summary(),
+             "apply": f"apply --domain {name} --variant {d.pick.cand_id}"}
         ]  # fmt: skip
 
 

@@ -96,6 +96,7 @@ class PhaseOutcome:
     results: PhaseResults
     path: Path
     completed_at: float
+    data: PhaseData  # the trials the analysis received (a fleet shares them with its study)
 
 
 @dataclass
@@ -223,7 +224,7 @@ class PhaseRunner:
         logger.info(
             "PHASE {} results written to {} (analysis {:.2f} s)", run_id, path, time.monotonic() - t_an
         )
-        return PhaseOutcome(results=results, path=path, completed_at=self.clock())
+        return PhaseOutcome(results=results, path=path, completed_at=self.clock(), data=req.data)
 
     async def _measure(self, slots: list[Slot], subjects: Subjects, end: float, run_id: str) -> _Measured:
         """Every slot in plan order, stopping at a trial boundary when the window would close first."""

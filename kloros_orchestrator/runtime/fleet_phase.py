@@ -1,0 +1,255 @@
+"""PHASE across a fleet: each host's window, one verdict with hosts as blocks, adoption per host.
+
+Theory of operation. Every host of a study runs its PHASE windows exactly as a single host does
+(same schedule, same QTIME plan), on the same variants: the study's hall of fame, which each
+generation's recorded verdict carries to every host (``fleet_work``). Each host measures the
+variants against its *own* current configuration; its own ``phase_results.json`` and its collapse
+into D-REAM are unchanged. What the fleet adds is the verdict that adoption follows:
+
+1. **Share** (:meth:`FleetPhase.finished`): when a window's trials are in, each domain's trials
+   become a :class:`~kloros_orchestrator.fleet.phase_rows.PhaseRun` (variants named by genome
+   digest, so hosts agree on what they measured). It is written to ``state_dir/fleet/phase/``
+   first (atomically: a crash loses nothing), then to the study, idempotently, at the next
+   heartbeat; while the database is unreachable it stays on disk and is tried again.
+2. **Wait for the fleet**: the verdict on this host's latest run of a domain is final once every
+   host alive in the study has a run of its own that measured each of its variants, finished
+   within ``window_s`` before this one (the hosts share the schedule), or once ``window_s`` has
+   passed since this run finished — then with whatever came in. Until then status says
+   ``waiting``.
+3. **Verdict** (``fleet.verdict.fleet_verdicts``): over every host's latest run measuring each
+   variant, each host's paired score against its own stock arm, the signed-rank or t test across
+   hosts, Bonferroni over the variants tested, the harm guard. The best promoted variant (highest
+   fleet effect) is the fleet's pick, and ``host_adopts`` this host's decision on it.
+4. **Adoption** (``on_decision``, the HostKeeper): ``promotion: auto`` adopts it at the next
+   boundary, if the domain's configuration is still the one PHASE measured against; ``manual``
+   lists it as a pending promotion. A decision is made once per run (the file goes once decided).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Final
+
+import msgspec
+from loguru import logger
+
+from kloros_orchestrator.errors import SchemaError
+from kloros_orchestrator.fleet.dsn import redact
+from kloros_orchestrator.fleet.phase_rows import PhaseRun, phase_run_of
+from kloros_orchestrator.fleet.records import genome_digest
+from kloros_orchestrator.fleet.verdict import Adoption, FleetVerdict, fleet_verdicts, host_adopts
+from kloros_orchestrator.model import Genome
+from kloros_orchestrator.phase.records import PhaseData, VariantInfo
+from kloros_orchestrator.runtime.fleet_db import DatabaseDown, FleetDatabase
+from kloros_orchestrator.runtime.ports import Clock, EventLog
+from kloros_orchestrator.safefs import make_dirs, read_bounded
+from kloros_orchestrator.store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from kloros_orchestrator.fleet.pgstore import FleetStore
+
+MAX_PENDING_BYTES: Final = 64 << 20
+
+
+class PendingRun(msgspec.Struct, kw_only=True):
+    """One domain's PHASE run waiting to be shared and decided (the file under ``fleet/phase/``)."""
+
+    run: PhaseRun
+    stock: Genome
+    variants: dict[str, VariantInfo]  # genome digest -> the variant as D-REAM knows it
+    uploaded: bool = False
+
+
+@dataclass(frozen=True)
+class FleetDecision:
+    """The fleet's verdict on one host's PHASE run of a domain, and this host's decision."""
+
+    domain: str
+    run_id: str
+    stock: Genome  # the configuration this host's PHASE measured against
+    hosts: int  # hosts whose runs the verdict used
+    verdicts: Mapping[str, FleetVerdict]  # by genome digest
+    pick: VariantInfo | None  # the best variant promoted fleet-wide
+    verdict: FleetVerdict | None  # its verdict
+    adoption: Adoption | None  # this host's decision on it
+
+    def summary(self) -> dict[str, Any]:
+        v = self.verdict
+        return {
+            "phase_run_id": self.run_id,
+            "hosts": self.hosts,
+            "promoted": None if self.pick is None else self.pick.cand_id,
+            "effect": None if v is None else v.effect,
+            "ci": None if v is None or v.ci is None else list(v.ci),
+            "test": None if v is None else v.test,
+            "p_value": None if v is None else v.p_value,
+            "adopt": None if self.adoption is None else self.adoption.adopt,
+            "reason": self.adoption.reason if self.adoption is not None else _none_reason(self.verdicts),
+        }
+
+
+def _none_reason(verdicts: Mapping[str, FleetVerdict]) -> str:
+    if not verdicts:
+        return "no variant was measured by enough hosts"
+    best = max(verdicts.values(), key=lambda v: v.effect if v.effect is not None else float("-inf"))
+    return f"no variant promoted fleet-wide; closest: {best.reason}"
+
+
+class FleetPhase:
+    """This host's PHASE runs in the study: shared, waited for, decided (module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        db: FleetDatabase,
+        host: str,
+        root: Path,
+        events: EventLog,
+        seed: int,
+        n_boot: int,
+        window_s: float,
+        study_of: Callable[[str], Awaitable[tuple[int, int]]],  # domain -> (study id, hosts alive)
+        clock: Clock = time.time,
+    ) -> None:
+        self.db, self.host, self.root, self.events = db, host, root, events
+        self.seed, self.n_boot, self.window_s, self.clock = seed, n_boot, window_s, clock
+        self.study_of = study_of
+        self.on_decision: Callable[[FleetDecision], object] | None = None
+        self.pending: dict[str, PendingRun] = {}  # domain -> its latest undecided run
+        self.decisions: dict[str, FleetDecision] = {}
+        self.waiting: dict[str, str] = {}  # domain -> why its verdict is not final yet
+        self.stale: list[PendingRun] = []  # superseded before they were shared: shared, never decided
+        self._load()
+
+    # --- files ------------------------------------------------------------------------------------
+
+    def _path(self, p: PendingRun) -> Path:
+        return self.root / f"{p.run.run_id}.{p.run.domain}.json"
+
+    def _load(self) -> None:
+        """Runs a crash or a stop left undecided: the latest per domain is decided, older ones shared."""
+        if not self.root.is_dir():
+            return
+        runs: list[PendingRun] = []
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                raw = read_bounded(path, max_bytes=MAX_PENDING_BYTES)
+                runs.append(msgspec.json.decode(raw, type=PendingRun))
+            except (OSError, SchemaError, msgspec.DecodeError, msgspec.ValidationError) as e:
+                logger.error("fleet PHASE run {} unreadable, left aside: {}", path.name, e)
+                path.rename(path.with_suffix(".rejected"))
+        for p in sorted(runs, key=lambda p: p.run.finished_at):
+            self._supersede(p)
+
+    def _write(self, p: PendingRun) -> None:
+        make_dirs(self.root)
+        atomic_write_bytes(self._path(p), msgspec.json.encode(p), mode=0o600)
+
+    def _supersede(self, p: PendingRun) -> None:
+        older = self.pending.get(p.run.domain)
+        if older is not None and older.uploaded:
+            self._path(older).unlink(missing_ok=True)  # shared; a newer run of the domain is decided
+        elif older is not None:
+            self.stale.append(older)
+        self.pending[p.run.domain] = p
+
+    def finished(self, data: PhaseData, *, run_id: str, finished_at: float) -> None:
+        """A PHASE window's trials are in (blocking: small atomic writes)."""
+        for domain, d in data.domains.items():
+            if not d.variants:
+                continue
+            run = phase_run_of(d, run_id=run_id, host=self.host, domain=domain, finished_at=finished_at)
+            variants = {genome_digest(dict(v.genome)): v for v in d.variants.values()}
+            p = PendingRun(run=run, stock=dict(d.stock), variants=variants)
+            self._write(p)
+            self._supersede(p)
+            self.waiting[domain] = "sharing this host's PHASE trials with the study"
+
+    # --- the heartbeat's part ---------------------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Share what is not shared yet, then decide what is final (each heartbeat)."""
+        for p in [*self.stale, *self.pending.values()]:
+            if not p.uploaded:
+                await self._upload(p)
+        self.stale = [s for s in self.stale if not s.uploaded]
+        for domain, p in list(self.pending.items()):
+            if p.uploaded:
+                await self._decide(domain, p)
+
+    async def _upload(self, p: PendingRun) -> None:
+        from kloros_orchestrator.fleet.phase_rows import record_phase_run
+
+        study_id, _ = await self.study_of(p.run.domain)
+        written = await self.db.call(lambda st: record_phase_run(st, study_id, p.run))
+        p.uploaded = True
+        if any(p is s for s in self.stale):
+            self._path(p).unlink(missing_ok=True)
+        else:
+            self._write(p)
+        logger.info("fleet: PHASE {} of {} shared with the study ({} trials{})", p.run.run_id, p.run.domain,
+                    len(p.run.trials), "" if written else ", already there")  # fmt: skip
+        self.events.record("fleet_phase_shared", domain=p.run.domain, run_id=p.run.run_id,
+                           trials=len(p.run.trials))  # fmt: skip
+
+    async def _decide(self, domain: str, p: PendingRun) -> None:
+        study_id, alive = await self.study_of(domain)
+        digests = sorted(p.variants)
+        since = p.run.finished_at - self.window_s
+        trials, counts = await self.db.call(lambda st: _gather(st, study_id, domain, digests, since))
+        fewest = min(counts.values(), default=0)
+        overdue = self.clock() - p.run.finished_at >= self.window_s
+        if fewest < alive and not overdue:
+            self.waiting[domain] = f"waiting for the fleet: {fewest} of {alive} host(s) alive shared a PHASE"
+            return
+        verdicts = fleet_verdicts(trials, seed=self.seed, n_boot=self.n_boot)
+        promoted = [v for v in verdicts.values() if v.promoted and v.effect is not None]
+        best = max(promoted, key=lambda v: v.effect or 0.0, default=None)
+        decision = FleetDecision(
+            domain=domain, run_id=p.run.run_id, stock=p.stock, hosts=len({t.host for t in trials}),
+            verdicts=verdicts, pick=None if best is None else p.variants[best.cand_id], verdict=best,
+            adoption=None if best is None else host_adopts(best, self.host),
+        )  # fmt: skip
+        self.decisions[domain] = decision
+        self.waiting.pop(domain, None)
+        del self.pending[domain]
+        self._path(p).unlink(missing_ok=True)
+        summary = decision.summary()
+        logger.info("fleet: PHASE {} of {} decided over {} host(s): {}", p.run.run_id, domain, decision.hosts,
+                    summary["reason"])  # fmt: skip
+        self.events.record("fleet_phase_verdict", domain=domain, **summary,
+                           verdicts={d: msgspec.to_builtins(v) for d, v in verdicts.items()})  # fmt: skip
+        if self.on_decision is not None:
+            self.on_decision(decision)
+
+    async def step(self) -> None:
+        """:meth:`sync`, never raising: an error is logged (the heartbeat goes on)."""
+        try:
+            await self.sync()
+        except DatabaseDown:
+            pass
+        except Exception as e:
+            logger.error("fleet PHASE sharing failed: {}", redact(f"{type(e).__name__}: {e}")[:300])
+
+    def status(self) -> dict[str, Any]:
+        out: dict[str, Any] = {d: {"state": "waiting", "why": why} for d, why in self.waiting.items()}
+        for d, dec in self.decisions.items():
+            out.setdefault(d, {"state": "decided"})["decision"] = dec.summary()
+        return out
+
+
+def _gather(
+    store: FleetStore, study_id: int, domain: str, digests: list[str], since: float
+) -> tuple[list[Any], dict[str, int]]:
+    """Every host's latest trials of the variants, and how many hosts measured each since ``since``."""
+    from kloros_orchestrator.fleet.phase_rows import hosts_with_runs, phase_trials
+
+    trials = phase_trials(store, study_id, domain, digests)
+    counts = {d: len(hosts_with_runs(store, study_id, domain, d, since)) for d in digests}
+    return trials, counts
+
+
+__all__ = ["FleetDecision", "FleetPhase", "PendingRun"]

@@ -1,0 +1,243 @@
+"""PHASE across a fleet (runtime/fleet_phase.py) against a real PostgreSQL: each host's run shared,
+the verdict waiting for every host alive (or the window), hosts as blocks, adoption per host by the
+HostKeeper in ``promotion: auto``, and nothing lost when the database is away or the daemon stops."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import anyio
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))  # the runtime tests' fakes
+
+from fakes import TUNE, TUNE_STOCK, open_tune_domain
+from test_fleet_store import KEY
+
+from kloros_orchestrator.fleet.pgstore import open_fleet_store
+from kloros_orchestrator.host.store import HostStore
+from kloros_orchestrator.model import STOCK_ARM, Genome
+from kloros_orchestrator.phase.records import DomainData, PhaseData, TrialRecord, VariantInfo
+from kloros_orchestrator.runtime.fleet_db import FleetDatabase
+from kloros_orchestrator.runtime.fleet_phase import FleetDecision, FleetPhase
+from kloros_orchestrator.runtime.host_keeper import HostKeeper
+from kloros_orchestrator.runtime.ports import EventLog
+from kloros_orchestrator.store import StatePaths
+
+WINDOW_S = 3600.0
+BETTER: Genome = {**TUNE_STOCK, "swappiness": 10}
+NEUTRAL: Genome = {**TUNE_STOCK, "swappiness": 30}
+VARIANTS = {
+    "g3c1": VariantInfo(genome=BETTER, spica_id="spica-b", cand_id="g3c1"),
+    "g3c2": VariantInfo(genome=NEUTRAL, spica_id="spica-n", cand_id="g3c2"),
+}
+
+
+def phase_data(effects: dict[str, float], *, seed: int, stock: Genome = TUNE_STOCK) -> PhaseData:
+    """A PHASE run of ``TUNE``: 2 epochs × 4 replicas × 2 regimes; each variant's throughput is
+    ×(1 + effect) of the stock trial beside it (drift shared within a replica, 2 % noise)."""
+    rng = np.random.default_rng(seed)
+    trials: list[TrialRecord] = []
+    for epoch in range(2):
+        for replica in range(4):
+            drift = float(np.exp(rng.normal(0.0, 0.05)))
+            for regime in ("stress", "mixed"):
+                for vid, gain in ((STOCK_ARM, 0.0), *effects.items()):
+                    rate = 1.0e6 * drift * (1.0 + gain) * float(np.exp(rng.normal(0.0, 0.02)))
+                    trials.append(TrialRecord(
+                        epoch=epoch, regime=regime, variant_id=vid, ok=True, replica=replica,
+                        kpis={"throughput_ops": rate, "p95_latency_ns": 5.0e4}, stressor_ops={"cpu": rate},
+                    ))  # fmt: skip
+    variants = {vid: VARIANTS[vid] for vid in effects}
+    return PhaseData(domains={TUNE: DomainData(stock=dict(stock), variants=variants, trials=trials)})
+
+
+class Fleet:
+    """Hosts' FleetPhase objects on one study, a shared fake clock, the hosts alive as the study says."""
+
+    def __init__(self, tmp_path: Path, dsn: str, alive: int) -> None:
+        self.tmp_path, self.dsn, self.alive, self.now = tmp_path, dsn, alive, 1.0e9
+        store = open_fleet_store(dsn)
+        try:
+            store.migrate()
+            self.study_id = store.join_study("web", KEY).study_id
+        finally:
+            store.close()
+        self.phases: list[FleetPhase] = []
+        self.decided: dict[str, list[FleetDecision]] = {}
+
+    def host(self, name: str, dsn: str | None = None) -> FleetPhase:
+        root = self.tmp_path / name
+        events = EventLog(root / "events.jsonl", self.clock)
+        db = FleetDatabase(dsn or self.dsn, events=events, clock=self.clock)
+
+        async def study_of(_domain: str) -> tuple[int, int]:
+            return self.study_id, self.alive
+
+        p = FleetPhase(db=db, host=name, root=root / "fleet" / "phase", events=events, seed=3, n_boot=200,
+                       window_s=WINDOW_S, study_of=study_of, clock=self.clock)  # fmt: skip
+        p.on_decision = self.decided.setdefault(name, []).append
+        self.phases.append(p)
+        return p
+
+    def clock(self) -> float:
+        return self.now
+
+    def close(self) -> None:
+        for p in self.phases:
+            p.db.close()
+
+
+@pytest.fixture
+def fleet(tmp_path: Path, fleet_dsn: str) -> Iterator[Fleet]:
+    f = Fleet(tmp_path, fleet_dsn, alive=3)
+    yield f
+    f.close()
+
+
+def events_of(p: FleetPhase) -> list[dict[str, object]]:
+    path = p.root.parents[1] / "events.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def test_the_verdict_waits_for_every_host_then_promotes_what_helps_across_hosts(fleet: Fleet) -> None:
+    hosts = {h: fleet.host(h) for h in ("a", "b", "c")}
+    for i, (name, p) in enumerate(hosts.items()):
+        data = phase_data({"g3c1": 0.06, "g3c2": 0.0}, seed=i)
+        p.finished(data, run_id=f"phase-{name}", finished_at=fleet.now)
+        await p.sync()
+        if name != "c":  # a and b have shared; c has not yet: nobody decides
+            assert p.status()[TUNE]["state"] == "waiting" and "of 3 host(s)" in p.status()[TUNE]["why"]
+            assert not fleet.decided[name]
+    for p in hosts.values():
+        await p.sync()
+    for name, p in hosts.items():
+        [decision] = fleet.decided[name]
+        assert decision.hosts == 3 and decision.pick is not None and decision.pick.cand_id == "g3c1"
+        assert decision.verdict is not None and decision.verdict.promoted, decision.verdict
+        assert decision.verdict.effect == pytest.approx(0.06, abs=0.02)
+        assert decision.adoption is not None and decision.adoption.adopt and decision.adoption.host == name
+        neutral = next(v for d, v in decision.verdicts.items() if d != decision.verdict.cand_id)
+        assert not neutral.promoted and neutral.tested == 2, "Bonferroni over the two variants tested"
+        assert p.status()[TUNE]["decision"]["promoted"] == "g3c1"
+        assert not list(p.root.glob("*.json")), "a decided run leaves no file behind"
+        verdicts = [e for e in events_of(p) if e["event"] == "fleet_phase_verdict"]
+        assert len(verdicts) == 1 and verdicts[0]["promoted"] == "g3c1"
+        await p.sync()  # decided once: nothing more happens
+        assert len(fleet.decided[name]) == 1
+
+
+async def test_a_variant_that_helps_one_host_and_hurts_another_is_not_promoted(fleet: Fleet) -> None:
+    fleet.alive = 2
+    effects = {"a": 0.10, "b": -0.04}
+    hosts = {h: fleet.host(h) for h in effects}
+    for i, (name, p) in enumerate(hosts.items()):
+        data = phase_data({"g3c1": effects[name]}, seed=10 + i)
+        p.finished(data, run_id=f"phase-{name}", finished_at=fleet.now)
+        await p.sync()
+    await hosts["a"].sync()
+    for name in effects:
+        [decision] = fleet.decided[name]
+        assert decision.pick is None and decision.adoption is None and decision.hosts == 2
+        assert "no variant promoted fleet-wide" in decision.summary()["reason"]
+
+
+async def test_a_lone_host_decides_once_the_window_has_passed_and_alone_promotes_nothing(
+    fleet: Fleet,
+) -> None:
+    p = fleet.host("a")
+    p.finished(phase_data({"g3c1": 0.06}, seed=1), run_id="phase-a", finished_at=fleet.now)
+    await p.sync()
+    assert not fleet.decided["a"] and p.status()[TUNE]["state"] == "waiting"
+    fleet.now += WINDOW_S
+    await p.sync()
+    [decision] = fleet.decided["a"]
+    assert decision.hosts == 1 and decision.pick is None  # one host is no fleet evidence (MIN_HOSTS)
+
+
+async def test_a_run_finished_while_the_database_is_away_is_shared_after_a_restart(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    away = fleet.host("a", dsn=f"host={tmp_path}/nosock port=5432 dbname=x connect_timeout=1")
+    away.finished(phase_data({"g3c1": 0.06}, seed=1), run_id="phase-a", finished_at=fleet.now)
+    await away.step()  # unreachable: kept, no error escapes
+    assert len(list(away.root.glob("*.json"))) == 1 and not fleet.decided["a"]
+    away.db.close()
+    fleet.alive = 2
+    again = fleet.host("a")  # the daemon restarted (same state_dir) with the database back
+    other = fleet.host("b")
+    other.finished(phase_data({"g3c1": 0.06}, seed=2), run_id="phase-b", finished_at=fleet.now)
+    await again.sync()
+    await other.sync()
+    await again.sync()
+    [decision] = fleet.decided["a"][-1:]
+    assert decision.run_id == "phase-a" and decision.hosts == 2 and decision.verdict is not None
+    shared = [e for e in events_of(again) if e["event"] == "fleet_phase_shared"]
+    assert [e["run_id"] for e in shared] == ["phase-a"]
+
+
+def keeper_for(tmp_path: Path, mode: str) -> HostKeeper:
+    dom = open_tune_domain(tmp_path)
+    paths = StatePaths(tmp_path / "state")
+    current: dict[str, Genome] = {}
+    keeper = HostKeeper(
+        store=HostStore(paths), sysfs_root=dom.sysfs_root, mode=mode,  # type: ignore[arg-type]
+        events=EventLog(paths.events, time.time), lock=anyio.Lock(), set_current=current.__setitem__,
+    )  # fmt: skip
+    keeper.fleet = True
+    keeper.current = keeper.startup({TUNE: dom})
+    return keeper
+
+
+async def decision_for(fleet: Fleet, stock: Genome = TUNE_STOCK) -> FleetDecision:
+    fleet.alive = 2
+    for i, name in enumerate(("a", "b")):
+        p = fleet.host(name)
+        data = phase_data({"g3c1": 0.06}, seed=i, stock=stock)
+        p.finished(data, run_id=f"phase-{name}", finished_at=fleet.now)
+        await p.sync()
+    await fleet.phases[0].sync()
+    return fleet.decided["a"][0]
+
+
+async def test_auto_mode_adopts_the_fleets_pick_with_the_fleets_evidence(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    decision = await decision_for(fleet)
+    keeper = keeper_for(tmp_path, "auto")
+    keeper.fleet_decided(decision)
+    config = keeper.store.adopted_config(TUNE)
+    assert config is not None and config.genome == BETTER and TUNE in keeper.pending
+    prov = config.provenance
+    assert prov.by == "auto" and prov.phase_run_id == "phase-a" and prov.cand_id == "g3c1"
+    assert prov.evidence.startswith("fleet PHASE verdict over 2 host(s)") and "this host:" in prov.evidence
+    assert prov.score_ci95 is not None and prov.score_v2 == decision.verdict.effect  # type: ignore[union-attr]
+
+
+async def test_auto_mode_does_not_adopt_when_the_configuration_changed_since_phase(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    decision = await decision_for(fleet, stock=NEUTRAL)  # PHASE measured against another configuration
+    keeper = keeper_for(tmp_path, "auto")
+    keeper.fleet_decided(decision)
+    assert keeper.store.adopted_config(TUNE) is None and not keeper.pending
+
+
+async def test_manual_mode_lists_the_fleets_pick_and_apply_takes_it(fleet: Fleet, tmp_path: Path) -> None:
+    decision = await decision_for(fleet)
+    keeper = keeper_for(tmp_path, "manual")
+    keeper.fleet_decided(decision)
+    assert keeper.store.adopted_config(TUNE) is None
+    [promo] = keeper.status()["domains"][TUNE]["pending_promotions"]
+    assert promo["cand_id"] == "g3c1" and promo["fleet"]["hosts"] == 2 and promo["fleet"]["adopt"] is True
+    assert promo["apply"] == f"apply --domain {TUNE} --variant g3c1"
+    reply = await keeper.request({"cmd": "apply", "domain": TUNE, "variant": "g3c1"})
+    assert reply["ok"] is True, reply
+    config = keeper.store.adopted_config(TUNE)
+    assert config is not None and config.genome == BETTER and config.provenance.by == "operator"
+    assert not config.provenance.forced
