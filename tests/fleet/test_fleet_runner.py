@@ -151,6 +151,14 @@ async def test_three_runners_complete_a_generation_each_unit_measured_once(
     assert status["database"] == {"reachable": True, "unreachable_since": None} and status["spool"] == 0
     text = format_status({"state": "evolving", "fleet": status})
     assert "database reachable" in text and f"{study['hosts_alive']} host(s) alive, leader, gen 1" in text
+    # The study's hall of fame goes with the verdict: every host's PHASE measures the same variants.
+    assert verdict["hall_of_fame"] and verdict["hall_of_fame"][0]["generation"] == 0
+    for other in others:
+        await other._catch_up()  # a heartbeat's part: the newest verdict taken, turn or not
+        mine = [(h.cand_id, h.genome) for h in other.searches[TUNE].hall_of_fame]
+        assert mine == [(h.cand_id, h.genome) for h in leader.searches[TUNE].hall_of_fame] and mine
+        assert other.progress.best[TUNE]["generation"] == 0
+        assert other.phase_subjects(4)[TUNE][2].keys() == leader.phase_subjects(4)[TUNE][2].keys()
 
 
 async def test_a_runner_gone_mid_unit_leaves_a_lease_another_reclaims_after_it_expires(
