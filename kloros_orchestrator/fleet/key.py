@@ -5,7 +5,9 @@ the same hardware with the same measuring tool: a host joins a study only when e
 key equals the study's. The key is built from what the run manifest records (domain, kernel,
 CPU count, stress-ng version) plus two host facts read here (CPU model, memory size) and the
 domain's knob space as discovered on this host (a knob that is absent here changes the space, and
-with it the study).
+with it the study). ``measurement`` is a digest of how the domain is measured — its regime
+definitions, trial lengths and caps (:func:`measurement_hash`) — so a host given other workloads
+never pools its scores with the study's, although its hardware is the same.
 
 Memory is keyed in whole GiB, rounded: ``MemTotal`` differs by a few MiB between identical hosts
 (firmware and kernel reservations), which must not split a fleet. The hash is sha256 over the
@@ -39,6 +41,7 @@ class StudyKey(msgspec.Struct, frozen=True, kw_only=True):
     memory_gib: int
     kernel: str
     stress_ng_version: str
+    measurement: str = ""  # measurement_hash: regimes, trial lengths, caps
     schema: str = KEY_SCHEMA
 
     def digest(self) -> str:
@@ -58,6 +61,15 @@ class StudyKey(msgspec.Struct, frozen=True, kw_only=True):
 def knob_space_hash(space: Mapping[str, Mapping[str, Any]]) -> str:
     """sha256 (hex) of a domain's search space in the engine's declaration form (name → entry)."""
     return hashlib.sha256(msgspec.json.encode(dict(space), order="sorted")).hexdigest()
+
+
+def measurement_hash(
+    regimes: Mapping[str, Any], caps: Mapping[str, Any], trial_seconds: Mapping[str, float | None]
+) -> str:
+    """sha256 (hex) of how a domain is measured: its regime specs, caps and trial-length overrides."""
+    doc = {"regimes": msgspec.to_builtins(dict(regimes)), "caps": msgspec.to_builtins(dict(caps)),
+           "trial_seconds": dict(trial_seconds)}  # fmt: skip
+    return hashlib.sha256(msgspec.json.encode(doc, order="sorted")).hexdigest()
 
 
 def cpu_model(cpuinfo: Path = Path("/proc/cpuinfo")) -> str | None:
@@ -99,6 +111,7 @@ def study_key(
     manifest: Mapping[str, Any],
     cpu_model_name: str | None,
     memory: int | None,
+    measurement: str = "",
 ) -> StudyKey:
     """The key from a run manifest (``runtime.startup.manifest_fields``: kernel, cpus,
     stress_ng_version), the domain's discovered search space and the two host facts above.
@@ -130,6 +143,7 @@ def study_key(
         memory_gib=int(memory or 0),
         kernel=str(kernel),
         stress_ng_version=str(version),
+        measurement=measurement,
     )
 
 
@@ -139,6 +153,7 @@ __all__ = [
     "StudyKey",
     "cpu_model",
     "knob_space_hash",
+    "measurement_hash",
     "memory_gib",
     "study_key",
 ]

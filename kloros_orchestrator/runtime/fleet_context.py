@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from kloros_orchestrator.config import LoadedConfig
 from kloros_orchestrator.fleet.dsn import default_host_id
+from kloros_orchestrator.fleet.key import measurement_hash
 
 if TYPE_CHECKING:
     from kloros_orchestrator.fleet.generations import GenerationInfo
@@ -32,6 +33,7 @@ class FleetSettings:
     heartbeat_s: float
     poll_s: float = 1.0  # while other hosts hold the remaining units of a generation
     window_s: float = 4 * 3600.0  # a PHASE window: how long a fleet PHASE verdict waits for the hosts
+    measurement: Mapping[str, str] = field(default_factory=dict)  # domain -> key.measurement_hash
 
 
 @dataclass
@@ -76,7 +78,15 @@ def fleet_settings(loaded: LoadedConfig, manifest: Mapping[str, Any]) -> FleetSe
         lease_s=lease,
         heartbeat_s=min(st.heartbeat_seconds, lease / 2),
         window_s=loaded.window_duration_s,
+        measurement={d: measurement_of(loaded, d) for d in loaded.regimes},
     )
+
+
+def measurement_of(loaded: LoadedConfig, domain: str) -> str:
+    """The study key's ``measurement`` field for ``domain`` (``fleet.key.measurement_hash``)."""
+    c = loaded.config
+    lengths = {"dream": c.dream.trial_seconds, "phase": c.phase.trial_seconds}
+    return measurement_hash(loaded.regimes.get(domain, {}), loaded.caps.get(domain, {}), lengths)
 
 
 def study_status(ctx: StudyContext) -> dict[str, Any]:

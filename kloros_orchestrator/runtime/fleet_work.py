@@ -271,6 +271,7 @@ class FleetDreamLoop(DreamLoop):
         key = study_key(
             domain=name, space=self.searches[name].domain.search_space(), manifest=m,
             cpu_model_name=m.get("cpu_model"), memory=m.get("memory_gib"),
+            measurement=self.fleet.measurement.get(name, ""),
         )  # fmt: skip
         study = await self.db.call(lambda st: st.join_study(self.fleet.name, key))
         await self.db.call(lambda st: st.heartbeat(study.study_id, self.fleet.host_id))

@@ -53,6 +53,7 @@ def test_the_same_host_facts_give_the_same_digest_whatever_the_order() -> None:
         {"manifest": {**MANIFEST, "kernel": "6.12.0"}},
         {"manifest": {**MANIFEST, "cpus": 4}},
         {"manifest": {**MANIFEST, "stress_ng_version": "0.18.0"}},
+        {"measurement": "f" * 64},
     ],
 )
 def test_any_key_field_changes_the_digest_and_is_named(change: dict[str, Any]) -> None:
@@ -100,3 +101,31 @@ def test_identical_hosts_with_a_few_mib_apart_share_the_memory_field(tmp_path: P
     a.write_text("MemTotal:       16365780 kB\n")
     b.write_text("MemTotal:       16361684 kB\n")  # 4 MiB less (firmware reservation)
     assert memory_gib(a) == memory_gib(b) == 16
+
+
+def test_the_measurement_field_follows_the_regimes_the_caps_and_the_trial_lengths(tmp_path: Path) -> None:
+    """Hosts given other workloads (a regime file, a cap, ``dream.trial_seconds``) join another study;
+    the configuration's own spelling (file order, an unrelated key) does not matter."""
+    from kloros_orchestrator.config import load_config
+    from kloros_orchestrator.runtime.fleet_context import measurement_of
+
+    def loaded(regime: str, *, trial: int = 1, cap: int = 90, extra: str = "") -> str:
+        d = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
+        (d / "regimes").mkdir(parents=True)
+        (d / "caps").mkdir()
+        (d / "regimes" / "cpu.yaml").write_text(
+            "".join(f"{r}: {regime}\n" for r in ("idle", "normal", "stress", "mixed"))
+        )
+        (d / "caps" / "cpu.yaml").write_text(f"temp_c: {cap}\n")
+        (d / "k.yaml").write_text(
+            f"state_dir: {d / 'state'}\nregimes_dir: {d / 'regimes'}\ncaps_dir: {d / 'caps'}\n{extra}"
+            f"dream: {{domains: [cpu], trial_seconds: {trial}}}\n"
+        )
+        return measurement_of(load_config(d / "k.yaml"), "cpu")
+
+    two = "{duration: 2, stressors: [{name: cpu, instances: 1}]}"
+    base = loaded(two)
+    assert len(base) == 64 and base == loaded(two, extra="seed: 9\n")
+    assert base != loaded("{duration: 3, stressors: [{name: cpu, instances: 1}]}")
+    assert base != loaded(two, trial=2)
+    assert base != loaded(two, cap=80)
