@@ -80,16 +80,18 @@ class UnitCounts(msgspec.Struct, frozen=True, kw_only=True):
     open: int = 0
     claimed: int = 0
     done: int = 0
+    dropped: int = 0  # raced out: never measured (schema v4)
 
     @property
     def total(self) -> int:
+        """The units to be measured (dropped ones are not)."""
         return self.open + self.claimed + self.done
 
 
 _CLAIM: Final = """
 WITH picked AS (
     SELECT id FROM work_units
-    WHERE study_id = %(study)s AND state <> 'done'
+    WHERE study_id = %(study)s AND state IN ('open', 'claimed')
       AND (state = 'open' OR expires_at < now())
     ORDER BY generation, round, id
     LIMIT %(limit)s
@@ -267,6 +269,8 @@ class FleetStore:
                 return Outcome.MISMATCHED
             if row[0] == "done":
                 return Outcome.ALREADY if row[1] == result.host else Outcome.SUPERSEDED
+            if row[0] == "dropped":  # raced out while it was measured: the race no longer wants it
+                return Outcome.SUPERSEDED
             with conn.cursor() as cur:
                 cur.executemany(
                     _INSERT_TRIAL,
@@ -293,6 +297,22 @@ class FleetStore:
         if result.database is not None and result.database != self.identity():
             return "claimed from another database"
         return None
+
+    def drop_units(self, study_id: int, generation: int, drops: Mapping[str, int]) -> int:
+        """Drop the units not yet done of each candidate from its round ``drops[cand_id]`` on (the
+        fleet's race no longer wants them); a claim in progress loses its lease. Idempotent."""
+        if not drops:
+            return 0
+        dropped = 0
+        with self.pool.connection() as conn, conn.transaction():
+            for cand_id, first in sorted(drops.items()):
+                cur = conn.execute(
+                    "UPDATE work_units SET state = 'dropped', expires_at = NULL WHERE study_id = %s AND"
+                    " generation = %s AND cand_id = %s AND round >= %s AND state IN ('open', 'claimed')",
+                    (study_id, generation, cand_id, first),
+                )
+                dropped += max(cur.rowcount, 0)
+        return dropped
 
     def unit_counts(self, study_id: int, generation: int) -> UnitCounts:
         with self.pool.connection() as conn:

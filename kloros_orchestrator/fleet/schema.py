@@ -25,6 +25,9 @@ its conclusion (``concluded_at``, ``concluded_by``, ``verdict``): see ``fleet.ge
 Version 3 adds ``phase_runs``: one row per (study, host, PHASE run id, domain) with the run's
 variants (genome digest → cand_id) and trials as JSON, read back per host, newest first (index
 ``phase_runs_recent``): see ``fleet.phase_rows``.
+
+Version 4 lets a work unit be ``dropped``: a unit of a candidate the fleet's race eliminated (or of a
+round a decided race no longer needs) is never claimed or counted (``runtime.fleet_race``).
 """
 
 from __future__ import annotations
@@ -121,7 +124,12 @@ _V3: Final = (
     "CREATE INDEX phase_runs_recent ON phase_runs (study_id, domain, host, finished_at DESC, run_id DESC)",
 )
 
-MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1), (2, _V2), (3, _V3))
+_V4: Final = (
+    """ALTER TABLE work_units DROP CONSTRAINT work_units_state_check,
+        ADD CONSTRAINT work_units_state_check CHECK (state IN ('open', 'claimed', 'done', 'dropped'))""",
+)
+
+MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))
 LATEST: Final = MIGRATIONS[-1][0]
 
 

@@ -49,6 +49,7 @@ class StudyContext:
     led: bool = False  # was the leader when it last tried: events say when leadership moves
     hosts_alive: int = 1
     info: GenerationInfo | None = None
+    raced: tuple[int, int] = (-1, -1)  # (generation, units done) at the leader's last race replay
 
 
 @dataclass

@@ -38,10 +38,11 @@ import numpy as np
 from loguru import logger
 
 from kloros_orchestrator.config import ContaminationConfig, RacingConfig
-from kloros_orchestrator.engine import Candidate, Race
+from kloros_orchestrator.engine import Candidate
 from kloros_orchestrator.fleet.records import Arm, TrialRow, WorkUnit
 from kloros_orchestrator.measure.arms import round_score
 from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
+from kloros_orchestrator.runtime.fleet_race import replay_race
 from kloros_orchestrator.runtime.ports import TrialRunner
 from kloros_orchestrator.runtime.tournament import TournamentOutcome
 from kloros_orchestrator.safefs import make_dirs, read_bounded
@@ -173,9 +174,7 @@ def conclude_rows(
         c: (float(np.mean(list(per_host[c].values()))) if per_host.get(c) and c not in unsafe else None)
         for c in ids
     }
-    race = Race(
-        ids, incumbent=None, max_rounds=rounds, indifference=racing.indifference, confidence=racing.confidence
-    )
+    race = replay_race(rows, ids, regimes, rounds=rounds, racing=racing)  # the race the leader ran
     outcome = TournamentOutcome(
         candidates=list(candidates), regimes=list(regimes), results=results, race=race, unsafe=unsafe
     )

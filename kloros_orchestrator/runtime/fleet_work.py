@@ -74,6 +74,7 @@ from kloros_orchestrator.runtime.fleet_context import (
 )
 from kloros_orchestrator.runtime.fleet_db import DatabaseDown, FleetDatabase
 from kloros_orchestrator.runtime.fleet_phase import FleetPhase
+from kloros_orchestrator.runtime.fleet_race import drops_for, race_record, replay_race
 from kloros_orchestrator.runtime.fleet_unit import (
     UnitPlan,
     conclude_rows,
@@ -304,6 +305,27 @@ class FleetDreamLoop(DreamLoop):
             await self._create_first(name, ctx)
         elif info.complete and not info.concluded:
             await self._conclude(name, ctx, info)
+        elif not info.concluded and ctx.raced != (info.generation, info.counts.done):
+            await self._race(name, ctx, info)
+
+    async def _race(self, name: str, ctx: StudyContext, info: GenerationInfo) -> None:
+        """Replay the generation's race over the rows written so far; drop the units it no longer
+        wants (runtime/fleet_race.py)."""
+        gen, rounds = info.generation, info.rounds or self.cfg.trials
+        ids = [c.cand_id for c in Evolution.from_state(info.engine).ask()] if info.engine else []
+        if not ids:
+            return
+        rows = await self.db.call(lambda st: st.trial_rows(ctx.study_id, gen))
+        regimes = self.settings.regimes.get(name, ())
+        race = replay_race(rows, ids, regimes, rounds=rounds, racing=self.cfg.racing)
+        drops = drops_for(race, rounds=rounds, min_trials=self.cfg.min_trials)
+        dropped = await self.db.call(lambda st: st.drop_units(ctx.study_id, gen, drops))
+        ctx.raced = (gen, info.counts.done)
+        if dropped:
+            logger.info("fleet: {} generation {}: race after {} round(s): {} unit(s) dropped; {}", name, gen,
+                        race.round, dropped, race.verdict())  # fmt: skip
+            self.events.record("fleet_units_dropped", domain=name, generation=gen, units=dropped,
+                               race=race_record(race))  # fmt: skip
 
     async def _resign(self, name: str) -> None:
         """The turn is over: give the leader lock up (bounded; a lost session has lost it anyway)."""
@@ -367,6 +389,7 @@ class FleetDreamLoop(DreamLoop):
         verdict["method"] = "fleet/verdict.py: per-host paired scores, hosts as blocks"
         verdict["verdicts"] = {cid: msgspec.to_builtins(v) for cid, v in fleet.items()}
         verdict["promoted"] = sorted(cid for cid, v in fleet.items() if v.promoted)
+        verdict["race"] = race_record(fc.outcome.race)
         best, hof = packs.best, s.hall_of_fame
         if best is not None and best.safe and best.aggregate.score_v2 is not None:
             hof = promote(hof, entry_from_pack(best))

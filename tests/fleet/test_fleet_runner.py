@@ -73,6 +73,8 @@ def make_runner(
     lease_s: float = 30.0,
     hang: bool = False,
     barrier: Barrier | None = None,
+    population: int = POPULATION,
+    rounds: int = ROUNDS,
 ) -> FleetDreamLoop:
     root = tmp_path / host
     root.mkdir()
@@ -84,7 +86,7 @@ def make_runner(
     gate.open()
     loop = FleetDreamLoop(
         DreamSettings(
-            dream=dream_config(population=POPULATION, trials=ROUNDS), seed=11, n_boot=50,
+            dream=dream_config(population=population, trials=rounds), seed=11, n_boot=50,
             regimes={TUNE: REGIMES},
         ),
         fleet=FleetSettings(

@@ -62,10 +62,11 @@ def test_a_failed_migration_leaves_nothing_behind(fleet_dsn: str, monkeypatch: p
         assert _tables(conn) == set()  # fleet_schema too: the one transaction rolled back
 
 
-def test_a_version_2_database_with_a_study_is_migrated_to_3(
+def test_a_version_2_database_with_a_study_is_migrated_to_the_latest(
     fleet_dsn: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A fleet created by the previous release keeps its studies and gains ``phase_runs``."""
+    """A fleet created by an earlier release keeps its studies, gains ``phase_runs`` (v3) and work
+    units that can be ``dropped`` by the fleet's race (v4)."""
     with psycopg.connect(fleet_dsn, autocommit=True) as conn:
         monkeypatch.setattr("kloros_orchestrator.fleet.schema.MIGRATIONS", MIGRATIONS[:2])
         monkeypatch.setattr("kloros_orchestrator.fleet.schema.LATEST", 2)
@@ -76,9 +77,17 @@ def test_a_version_2_database_with_a_study_is_migrated_to_3(
         ).fetchone()
         assert row is not None
         monkeypatch.undo()
-        assert LATEST == 3
-        assert migrate(conn) == [3]
-        assert schema_version(conn) == 3 and _tables(conn) == TABLES
+        assert LATEST == 4
+        assert migrate(conn) == [3, 4]
+        assert schema_version(conn) == 4 and _tables(conn) == TABLES
+        conn.execute("INSERT INTO generations (study_id, generation, created_by) VALUES (%s, 0, 'a')", row)
+        unit = (
+            "INSERT INTO work_units (study_id, generation, cand_id, round, genome, state)"
+            " VALUES (%s, 0, %s, 0, '{}', %s)"
+        )
+        conn.execute(unit, (row[0], "c0", "dropped"))
+        with pytest.raises(psycopg.errors.CheckViolation):
+            conn.execute(unit, (row[0], "c1", "lost"))
         conn.execute(
             "INSERT INTO phase_runs (study_id, host, run_id, domain, stock_digest, finished_at,"
             " variants, trials) VALUES (%s, 'a', 'r1', 'cpu', 's', 1.0, '{}', '[]')",
