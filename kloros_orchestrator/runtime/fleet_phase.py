@@ -214,9 +214,10 @@ class FleetPhase:
             adoption=None if best is None else host_adopts(best, self.host),
         )  # fmt: skip
         self.decisions[domain] = decision
-        self.waiting.pop(domain, None)
-        del self.pending[domain]
         self._path(p).unlink(missing_ok=True)
+        if self.pending.get(domain) is p:  # a newer run may have come in meanwhile: it waits its turn
+            del self.pending[domain]
+            self.waiting.pop(domain, None)
         summary = decision.summary()
         logger.info("fleet: PHASE {} of {} decided over {} host(s): {}", p.run.run_id, domain, decision.hosts,
                     summary["reason"])  # fmt: skip
