@@ -5,9 +5,10 @@ the same hardware with the same measuring tool: a host joins a study only when e
 key equals the study's. The key is built from what the run manifest records (domain, kernel,
 CPU count, stress-ng version) plus two host facts read here (CPU model, memory size) and the
 domain's knob space as discovered on this host (a knob that is absent here changes the space, and
-with it the study). ``measurement`` is a digest of how the domain is measured — its regime
-definitions, trial lengths and caps (:func:`measurement_hash`) — so a host given other workloads
-never pools its scores with the study's, although its hardware is the same.
+with it the study). ``measurement`` is a digest of how the domain is measured and judged — its
+regime definitions, trial lengths, caps and race settings (:func:`measurement_hash`) — so a host
+given other workloads never pools its scores with the study's, although its hardware is the same,
+and every leader of a study replays the same race.
 
 Memory is keyed in whole GiB, rounded: ``MemTotal`` differs by a few MiB between identical hosts
 (firmware and kernel reservations), which must not split a fleet. The hash is sha256 over the
@@ -27,7 +28,7 @@ import msgspec
 
 from kloros_orchestrator.fleet.errors import KeyUnavailable
 
-KEY_SCHEMA: Final = "study_key.v1"
+KEY_SCHEMA: Final = "study_key.v2"  # v2 added ``measurement``: a v1 study is not rejoined
 GIB: Final = 2**30
 
 
@@ -64,11 +65,12 @@ def knob_space_hash(space: Mapping[str, Mapping[str, Any]]) -> str:
 
 
 def measurement_hash(
-    regimes: Mapping[str, Any], caps: Mapping[str, Any], trial_seconds: Mapping[str, float | None]
+    regimes: Mapping[str, Any], caps: Mapping[str, Any], settings: Mapping[str, Any]
 ) -> str:
-    """sha256 (hex) of how a domain is measured: its regime specs, caps and trial-length overrides."""
+    """sha256 (hex) of how a domain is measured and judged: its regime specs, caps and ``settings``
+    (trial-length overrides, the race's settings)."""
     doc = {"regimes": msgspec.to_builtins(dict(regimes)), "caps": msgspec.to_builtins(dict(caps)),
-           "trial_seconds": dict(trial_seconds)}  # fmt: skip
+           "settings": msgspec.to_builtins(dict(settings))}  # fmt: skip
     return hashlib.sha256(msgspec.json.encode(doc, order="sorted")).hexdigest()
 
 

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
+from loguru import logger
 
 from kloros_orchestrator.fleet.records import genome_digest
 from kloros_orchestrator.fleet.verdict import FleetTrial
@@ -269,13 +270,27 @@ def phase_trials(
     out: list[FleetTrial] = []
     taken: set[tuple[str, str]] = set()  # (host, digest) already answered by a newer run
     for row in rows:  # by host, newest first
-        run = _run_of(row)
+        try:
+            run = _run_of(row)
+        except ValueError as e:  # one host's bad row must not block the fleet's verdict: no evidence
+            logger.warning("{}: left out of the fleet verdict", e)
+            continue
         for digest in sorted(run.variants):
             if (run.host, digest) in taken or (keep is not None and digest not in keep):
                 continue
             taken.add((run.host, digest))
             out.extend(run.trials_of(digest))
     return out
+
+
+def hosts_sharing(store: FleetStore, study_id: int, domain: str, since: float) -> set[str]:
+    """The hosts with a run of the domain finished at or after ``since`` (by each host's clock)."""
+    with store.pool.connection() as conn:
+        rows = conn.execute(
+            "SELECT DISTINCT host FROM phase_runs WHERE study_id = %s AND domain = %s AND finished_at >= %s",
+            (study_id, domain, since),
+        ).fetchall()
+    return {str(r[0]) for r in rows}
 
 
 def hosts_with_runs(
@@ -297,6 +312,7 @@ __all__ = [
     "SLOT_STRIDE",
     "PhaseRun",
     "PhaseTrial",
+    "hosts_sharing",
     "hosts_with_runs",
     "phase_run_of",
     "phase_trials",

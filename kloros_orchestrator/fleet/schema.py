@@ -27,7 +27,8 @@ variants (genome digest → cand_id) and trials as JSON, read back per host, new
 ``phase_runs_recent``): see ``fleet.phase_rows``.
 
 Version 4 lets a work unit be ``dropped``: a unit of a candidate the fleet's race eliminated (or of a
-round a decided race no longer needs) is never claimed or counted (``runtime.fleet_race``).
+round a decided race no longer needs) is never claimed or counted (``runtime.fleet_race``); the
+index of claimable units leaves dropped ones out.
 """
 
 from __future__ import annotations
@@ -127,6 +128,9 @@ _V3: Final = (
 _V4: Final = (
     """ALTER TABLE work_units DROP CONSTRAINT work_units_state_check,
         ADD CONSTRAINT work_units_state_check CHECK (state IN ('open', 'claimed', 'done', 'dropped'))""",
+    "DROP INDEX work_units_pending",
+    "CREATE INDEX work_units_pending ON work_units (study_id, generation, round)"
+    " WHERE state IN ('open', 'claimed')",
 )
 
 MIGRATIONS: Final[tuple[tuple[int, tuple[str, ...]], ...]] = ((1, _V1), (2, _V2), (3, _V3), (4, _V4))

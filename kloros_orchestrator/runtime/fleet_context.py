@@ -85,9 +85,13 @@ def fleet_settings(loaded: LoadedConfig, manifest: Mapping[str, Any]) -> FleetSe
 
 def measurement_of(loaded: LoadedConfig, domain: str) -> str:
     """The study key's ``measurement`` field for ``domain`` (``fleet.key.measurement_hash``)."""
-    c = loaded.config
-    lengths = {"dream": c.dream.trial_seconds, "phase": c.phase.trial_seconds}
-    return measurement_hash(loaded.regimes.get(domain, {}), loaded.caps.get(domain, {}), lengths)
+    c, d = loaded.config, loaded.config.dream
+    settings = {
+        "trial_seconds": {"dream": d.trial_seconds, "phase": c.phase.trial_seconds},
+        "race": {"indifference": d.racing.indifference, "confidence": d.racing.confidence,
+                 "min_trials": d.min_trials},
+    }  # fmt: skip
+    return measurement_hash(loaded.regimes.get(domain, {}), loaded.caps.get(domain, {}), settings)
 
 
 def study_status(ctx: StudyContext) -> dict[str, Any]:
@@ -101,7 +105,8 @@ def study_status(ctx: StudyContext) -> dict[str, Any]:
         "leader": ctx.led,  # led the study at its last try (the lock itself is held only in a turn)
         "generation": None if info is None else info.generation,
         "units": None if info is None else
-        {"open": info.counts.open, "claimed": info.counts.claimed, "done": info.counts.done},
+        {"open": info.counts.open, "claimed": info.counts.claimed, "done": info.counts.done,
+         "dropped": info.counts.dropped},
     }  # fmt: skip
 
 

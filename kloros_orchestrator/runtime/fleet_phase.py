@@ -12,31 +12,35 @@ into D-REAM are unchanged. What the fleet adds is the verdict that adoption foll
    first (atomically: a crash loses nothing), then to the study, idempotently, at the next
    heartbeat; while the database is unreachable it stays on disk and is tried again.
 2. **Wait for the fleet**: the verdict on this host's latest run of a domain is final once every
-   host alive in the study has a run of its own that measured each of its variants, finished
-   within ``window_s`` before this one (the hosts share the schedule), or once ``window_s`` has
-   passed since this run finished — then with whatever came in. Until then status says
-   ``waiting``.
+   host alive in the study *now* (asked of the database, not a count cached from the last
+   heartbeat) has shared a run of the domain finished no earlier than ``window_s`` before this
+   one (the hosts share the schedule: this window's runs), or once ``window_s`` has passed since
+   this run finished — then with whatever came in. Until then status says ``waiting`` and names
+   the hosts not in yet. Hosts that died after sharing count as evidence, not as the wait.
 3. **Verdict** (``fleet.verdict.fleet_verdicts``): over every host's latest run measuring each
-   variant, each host's paired score against its own stock arm, the signed-rank or t test across
-   hosts, Bonferroni over the variants tested, the harm guard. The best promoted variant (highest
-   fleet effect) is the fleet's pick, and ``host_adopts`` this host's decision on it.
+   variant this run measured, each host's paired score against its own stock arm, the signed-rank
+   or t test across hosts, Bonferroni over the variants tested, the harm guard. The best promoted
+   variant (highest fleet effect) is the fleet's pick, and ``host_adopts`` this host's decision.
 4. **Adoption** (``on_decision``, the HostKeeper): ``promotion: auto`` adopts it at the next
-   boundary, if the domain's configuration is still the one PHASE measured against; ``manual``
-   lists it as a pending promotion. A decision is made once per run (the file goes once decided).
+   boundary, if the domain's configuration is still the one PHASE measured against and no
+   operator change is pending; ``manual`` lists it as a pending promotion. A decision is made once
+   per run and kept on disk with the run (the domain's latest only), marked once it was acted on:
+   after a restart the keeper knows it again (status, ``apply``) but does not act on it twice.
+
+One run or domain failing (a domain no longer enabled, a bad file) is logged once and never holds
+up the others; an unreachable database ends the heartbeat's pass, to be tried again.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import msgspec
 from loguru import logger
 
-from kloros_orchestrator.errors import SchemaError
 from kloros_orchestrator.fleet.dsn import redact
 from kloros_orchestrator.fleet.phase_rows import PhaseRun, phase_run_of
 from kloros_orchestrator.fleet.records import genome_digest
@@ -48,30 +52,17 @@ from kloros_orchestrator.runtime.ports import Clock, EventLog
 from kloros_orchestrator.safefs import make_dirs, read_bounded
 from kloros_orchestrator.store import atomic_write_bytes
 
-if TYPE_CHECKING:
-    from kloros_orchestrator.fleet.pgstore import FleetStore
-
 MAX_PENDING_BYTES: Final = 64 << 20
 
 
-class PendingRun(msgspec.Struct, kw_only=True):
-    """One domain's PHASE run waiting to be shared and decided (the file under ``fleet/phase/``)."""
-
-    run: PhaseRun
-    stock: Genome
-    variants: dict[str, VariantInfo]  # genome digest -> the variant as D-REAM knows it
-    uploaded: bool = False
-
-
-@dataclass(frozen=True)
-class FleetDecision:
+class FleetDecision(msgspec.Struct, frozen=True, kw_only=True):
     """The fleet's verdict on one host's PHASE run of a domain, and this host's decision."""
 
     domain: str
     run_id: str
     stock: Genome  # the configuration this host's PHASE measured against
     hosts: int  # hosts whose runs the verdict used
-    verdicts: Mapping[str, FleetVerdict]  # by genome digest
+    verdicts: dict[str, FleetVerdict]  # by genome digest
     pick: VariantInfo | None  # the best variant promoted fleet-wide
     verdict: FleetVerdict | None  # its verdict
     adoption: Adoption | None  # this host's decision on it
@@ -91,11 +82,28 @@ class FleetDecision:
         }
 
 
+class PendingRun(msgspec.Struct, kw_only=True):
+    """One domain's PHASE run: shared, then decided (the file under ``fleet/phase/``). The latest
+    decided run of a domain stays on disk with its decision, so a restart neither loses it (status,
+    ``apply``) nor acts on it twice (``acted``)."""
+
+    run: PhaseRun
+    stock: Genome
+    variants: dict[str, VariantInfo]  # genome digest -> the variant as D-REAM knows it
+    uploaded: bool = False
+    decision: FleetDecision | None = None
+    acted: bool = False  # the decision went to the host keeper (in auto mode: adopted or not)
+
+
 def _none_reason(verdicts: Mapping[str, FleetVerdict]) -> str:
     if not verdicts:
         return "no variant was measured by enough hosts"
     best = max(verdicts.values(), key=lambda v: v.effect if v.effect is not None else float("-inf"))
     return f"no variant promoted fleet-wide; closest: {best.reason}"
+
+
+StudyOf = Callable[[str], Awaitable[tuple[int, set[str]]]]  # domain -> (study id, hosts alive now)
+OnDecision = Callable[[FleetDecision, bool], object]  # (decision, act): act False = restored, known
 
 
 class FleetPhase:
@@ -111,17 +119,19 @@ class FleetPhase:
         seed: int,
         n_boot: int,
         window_s: float,
-        study_of: Callable[[str], Awaitable[tuple[int, int]]],  # domain -> (study id, hosts alive)
+        study_of: StudyOf,
         clock: Clock = time.time,
     ) -> None:
         self.db, self.host, self.root, self.events = db, host, root, events
         self.seed, self.n_boot, self.window_s, self.clock = seed, n_boot, window_s, clock
         self.study_of = study_of
-        self.on_decision: Callable[[FleetDecision], object] | None = None
+        self.on_decision: OnDecision | None = None
         self.pending: dict[str, PendingRun] = {}  # domain -> its latest undecided run
-        self.decisions: dict[str, FleetDecision] = {}
+        self.decided: dict[str, PendingRun] = {}  # domain -> its latest decided run
         self.waiting: dict[str, str] = {}  # domain -> why its verdict is not final yet
         self.stale: list[PendingRun] = []  # superseded before they were shared: shared, never decided
+        self._failed: set[str] = set()  # what was logged as failing (once, not every heartbeat)
+        self._delivered: set[tuple[str, str]] = set()  # (domain, run id) the keeper knows
         self._load()
 
     # --- files ------------------------------------------------------------------------------------
@@ -130,7 +140,8 @@ class FleetPhase:
         return self.root / f"{p.run.run_id}.{p.run.domain}.json"
 
     def _load(self) -> None:
-        """Runs a crash or a stop left undecided: the latest per domain is decided, older ones shared."""
+        """What a crash or a stop left: the latest decision per domain (delivered again, acted on
+        only if it was not), the latest undecided run per domain (decided), older ones (shared)."""
         if not self.root.is_dir():
             return
         runs: list[PendingRun] = []
@@ -138,11 +149,14 @@ class FleetPhase:
             try:
                 raw = read_bounded(path, max_bytes=MAX_PENDING_BYTES)
                 runs.append(msgspec.json.decode(raw, type=PendingRun))
-            except (OSError, SchemaError, msgspec.DecodeError, msgspec.ValidationError) as e:
+            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
                 logger.error("fleet PHASE run {} unreadable, left aside: {}", path.name, e)
                 path.rename(path.with_suffix(".rejected"))
         for p in sorted(runs, key=lambda p: p.run.finished_at):
-            self._supersede(p)
+            if p.decision is not None:
+                self._keep_decided(p)
+            else:
+                self._supersede(p)
 
     def _write(self, p: PendingRun) -> None:
         make_dirs(self.root)
@@ -156,13 +170,21 @@ class FleetPhase:
             self.stale.append(older)
         self.pending[p.run.domain] = p
 
+    def _keep_decided(self, p: PendingRun) -> None:
+        older = self.decided.get(p.run.domain)
+        if older is not None and older is not p:
+            self._path(older).unlink(missing_ok=True)
+        self.decided[p.run.domain] = p
+
     def finished(self, data: PhaseData, *, run_id: str, finished_at: float) -> None:
         """A PHASE window's trials are in (blocking: small atomic writes)."""
         for domain, d in data.domains.items():
             if not d.variants:
                 continue
             run = phase_run_of(d, run_id=run_id, host=self.host, domain=domain, finished_at=finished_at)
-            variants = {genome_digest(dict(v.genome)): v for v in d.variants.values()}
+            variants: dict[str, VariantInfo] = {}
+            for v in d.variants.values():  # twins: the first, as phase_run_of keeps the first's trials
+                variants.setdefault(genome_digest(dict(v.genome)), v)
             p = PendingRun(run=run, stock=dict(d.stock), variants=variants)
             self._write(p)
             self._supersede(p)
@@ -171,14 +193,28 @@ class FleetPhase:
     # --- the heartbeat's part ---------------------------------------------------------------------
 
     async def sync(self) -> None:
-        """Share what is not shared yet, then decide what is final (each heartbeat)."""
+        """Share what is not shared yet, decide what is final, deliver decisions (each heartbeat).
+        One item failing (a domain no longer enabled, a bug) does not hold up the others."""
         for p in [*self.stale, *self.pending.values()]:
             if not p.uploaded:
-                await self._upload(p)
+                await self._guarded(f"share {p.run.run_id}/{p.run.domain}", self._upload(p))
         self.stale = [s for s in self.stale if not s.uploaded]
         for domain, p in list(self.pending.items()):
             if p.uploaded:
-                await self._decide(domain, p)
+                await self._guarded(f"decide {p.run.run_id}/{domain}", self._decide(domain, p))
+        for p in list(self.decided.values()):
+            if self.on_decision is not None and p.decision is not None:
+                self._deliver(p, p.decision)
+
+    async def _guarded(self, what: str, step: Awaitable[None]) -> None:
+        try:
+            await step
+        except DatabaseDown:
+            raise
+        except Exception as e:
+            if what not in self._failed:
+                self._failed.add(what)
+                logger.error("fleet PHASE: {} failed: {}", what, redact(f"{type(e).__name__}: {e}")[:300])
 
     async def _upload(self, p: PendingRun) -> None:
         from kloros_orchestrator.fleet.phase_rows import record_phase_run
@@ -196,35 +232,53 @@ class FleetPhase:
                            trials=len(p.run.trials))  # fmt: skip
 
     async def _decide(self, domain: str, p: PendingRun) -> None:
+        from kloros_orchestrator.fleet.phase_rows import hosts_sharing, phase_trials
+
         study_id, alive = await self.study_of(domain)
-        digests = sorted(p.variants)
-        since = p.run.finished_at - self.window_s
-        trials, counts = await self.db.call(lambda st: _gather(st, study_id, domain, digests, since))
-        fewest = min(counts.values(), default=0)
-        overdue = self.clock() - p.run.finished_at >= self.window_s
-        if fewest < alive and not overdue:
-            self.waiting[domain] = f"waiting for the fleet: {fewest} of {alive} host(s) alive shared a PHASE"
+        since = p.run.finished_at - self.window_s  # the hosts share the schedule: this window's runs
+        shared = await self.db.call(lambda st: hosts_sharing(st, study_id, domain, since))
+        missing = sorted(alive - shared)
+        if missing and self.clock() - p.run.finished_at < self.window_s:
+            self.waiting[domain] = (
+                f"waiting for the fleet: {len(alive & shared)} of {len(alive)} host(s) alive shared a PHASE "
+                f"(not yet: {', '.join(missing[:5])}{' …' if len(missing) > 5 else ''})"
+            )
             return
-        verdicts = fleet_verdicts(trials, seed=self.seed, n_boot=self.n_boot)
-        promoted = [v for v in verdicts.values() if v.promoted and v.effect is not None]
-        best = max(promoted, key=lambda v: v.effect or 0.0, default=None)
-        decision = FleetDecision(
-            domain=domain, run_id=p.run.run_id, stock=p.stock, hosts=len({t.host for t in trials}),
-            verdicts=verdicts, pick=None if best is None else p.variants[best.cand_id], verdict=best,
-            adoption=None if best is None else host_adopts(best, self.host),
-        )  # fmt: skip
-        self.decisions[domain] = decision
-        self._path(p).unlink(missing_ok=True)
+        digests = sorted(p.run.variants)  # what this run measured
+        trials = await self.db.call(lambda st: phase_trials(st, study_id, domain, digests))
+        decision = self._verdict(domain, p, trials)
+        p.decision = decision
+        self._write(p)
+        self._keep_decided(p)
         if self.pending.get(domain) is p:  # a newer run may have come in meanwhile: it waits its turn
             del self.pending[domain]
             self.waiting.pop(domain, None)
         summary = decision.summary()
         logger.info("fleet: PHASE {} of {} decided over {} host(s): {}", p.run.run_id, domain, decision.hosts,
                     summary["reason"])  # fmt: skip
-        self.events.record("fleet_phase_verdict", domain=domain, **summary,
-                           verdicts={d: msgspec.to_builtins(v) for d, v in verdicts.items()})  # fmt: skip
-        if self.on_decision is not None:
-            self.on_decision(decision)
+        verdicts = {d: msgspec.to_builtins(v) for d, v in decision.verdicts.items()}
+        self.events.record("fleet_phase_verdict", domain=domain, **summary, verdicts=verdicts)
+
+    def _verdict(self, domain: str, p: PendingRun, trials: list[Any]) -> FleetDecision:
+        verdicts = fleet_verdicts(trials, seed=self.seed, n_boot=self.n_boot)
+        promoted = [v for v in verdicts.values() if v.promoted and v.effect is not None]
+        best = max(promoted, key=lambda v: v.effect or 0.0, default=None)
+        return FleetDecision(
+            domain=domain, run_id=p.run.run_id, stock=p.stock, hosts=len({t.host for t in trials}),
+            verdicts=verdicts, pick=None if best is None else p.variants[best.cand_id], verdict=best,
+            adoption=None if best is None else host_adopts(best, self.host),
+        )  # fmt: skip
+
+    def _deliver(self, p: PendingRun, decision: FleetDecision) -> None:
+        """To the host keeper: to act on once (``acted`` persisted), to know again after a restart."""
+        key = (p.run.domain, p.run.run_id)
+        if self.on_decision is None or key in self._delivered:
+            return
+        self.on_decision(decision, not p.acted)
+        self._delivered.add(key)
+        if not p.acted:
+            p.acted = True
+            self._write(p)
 
     async def step(self) -> None:
         """:meth:`sync`, never raising: an error is logged (the heartbeat goes on)."""
@@ -237,20 +291,10 @@ class FleetPhase:
 
     def status(self) -> dict[str, Any]:
         out: dict[str, Any] = {d: {"state": "waiting", "why": why} for d, why in self.waiting.items()}
-        for d, dec in self.decisions.items():
-            out.setdefault(d, {"state": "decided"})["decision"] = dec.summary()
+        for d, p in self.decided.items():
+            if p.decision is not None:
+                out.setdefault(d, {"state": "decided"})["decision"] = p.decision.summary()
         return out
-
-
-def _gather(
-    store: FleetStore, study_id: int, domain: str, digests: list[str], since: float
-) -> tuple[list[Any], dict[str, int]]:
-    """Every host's latest trials of the variants, and how many hosts measured each since ``since``."""
-    from kloros_orchestrator.fleet.phase_rows import hosts_with_runs, phase_trials
-
-    trials = phase_trials(store, study_id, domain, digests)
-    counts = {d: len(hosts_with_runs(store, study_id, domain, d, since)) for d in digests}
-    return trials, counts
 
 
 __all__ = ["FleetDecision", "FleetPhase", "PendingRun"]

@@ -30,7 +30,7 @@ import shutil
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
@@ -40,6 +40,7 @@ from loguru import logger
 from kloros_orchestrator.config import ContaminationConfig, RacingConfig
 from kloros_orchestrator.engine import Candidate
 from kloros_orchestrator.fleet.records import Arm, TrialRow, WorkUnit
+from kloros_orchestrator.fleet.verdict import FleetTrial, FleetVerdict, fleet_verdicts
 from kloros_orchestrator.measure.arms import round_score
 from kloros_orchestrator.model import STOCK_ARM, Genome, TrialResult
 from kloros_orchestrator.runtime.fleet_race import replay_race
@@ -48,6 +49,10 @@ from kloros_orchestrator.runtime.tournament import TournamentOutcome
 from kloros_orchestrator.safefs import make_dirs, read_bounded
 from kloros_orchestrator.spica.base import SpicaDomain
 from kloros_orchestrator.store import MAX_JSONL_BYTES, StatePaths, atomic_write_bytes
+
+if TYPE_CHECKING:
+    from kloros_orchestrator.fleet.generations import GenerationInfo
+    from kloros_orchestrator.fleet.pgstore import FleetStore
 
 STAGING = ("fleet", "staging")  # under state_dir
 
@@ -179,6 +184,26 @@ def conclude_rows(
         candidates=list(candidates), regimes=list(regimes), results=results, race=race, unsafe=unsafe
     )
     return FleetConclusion(outcome=outcome, per_host=per_host, told=told)
+
+
+def verdicts_of_rows(rows: Sequence[Mapping[str, Any]], seed: int, n_boot: int) -> dict[str, FleetVerdict]:
+    """``fleet.verdict.fleet_verdicts`` over a generation's rows (each candidate, hosts as blocks)."""
+    return fleet_verdicts((FleetTrial.from_row(r) for r in rows), seed=seed, n_boot=n_boot)
+
+
+def latest_generation(store: FleetStore, study_id: int) -> GenerationInfo | None:
+    from kloros_orchestrator.fleet.generations import latest
+
+    return latest(store, study_id)
+
+
+def short_verdict(verdict: Mapping[str, Any]) -> dict[str, Any]:
+    """A generation's recorded verdict as the ``best`` status field shows it."""
+    return {
+        "hosts": len(verdict.get("hosts") or ()),
+        "best": verdict.get("best"),
+        "method": verdict.get("method"),
+    }
 
 
 def staging(paths: StatePaths) -> StatePaths:

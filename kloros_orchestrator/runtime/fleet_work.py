@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -59,7 +59,6 @@ from kloros_orchestrator.fleet.errors import FleetError
 from kloros_orchestrator.fleet.key import study_key
 from kloros_orchestrator.fleet.records import Outcome, UnitResult, WorkUnit, genome_digest
 from kloros_orchestrator.fleet.spool import TrialSpool, spool_path
-from kloros_orchestrator.fleet.verdict import FleetTrial, FleetVerdict, fleet_verdicts
 from kloros_orchestrator.phase.records import PhaseData
 from kloros_orchestrator.runtime.conclude import entry_from_pack, promote, verdict_of
 from kloros_orchestrator.runtime.dream import DreamLoop, DreamSettings, seed_of
@@ -79,9 +78,12 @@ from kloros_orchestrator.runtime.fleet_unit import (
     UnitPlan,
     conclude_rows,
     discard_staged,
+    latest_generation,
     measure_unit,
     publish_staged,
+    short_verdict,
     staging,
+    verdicts_of_rows,
 )
 from kloros_orchestrator.runtime.records import HallOfFameEntry
 from kloros_orchestrator.runtime.startup import manifest_fields
@@ -128,9 +130,13 @@ class FleetDreamLoop(DreamLoop):
             study_of=self._study_of, clock=self.clock,
         )  # fmt: skip
 
-    async def _study_of(self, name: str) -> tuple[int, int]:
+    async def _study_of(self, name: str) -> tuple[int, set[str]]:
+        """The domain's study and the hosts alive in it now (asked, not the heartbeat's last count:
+        right after a join that count is 1)."""
         ctx = await self._context(name)
-        return ctx.study_id, ctx.hosts_alive
+        within = 3 * self.fleet.heartbeat_s
+        alive = await self.db.call(lambda st: set(st.hosts_alive(ctx.study_id, within)))
+        return ctx.study_id, alive | {self.fleet.host_id}
 
     # --- PHASE's side: each window shared, adoption from the fleet's verdict (runtime/fleet_phase.py)
 
@@ -140,7 +146,11 @@ class FleetDreamLoop(DreamLoop):
         self.phase.on_decision = keeper.fleet_decided
 
     def phase_measured(self, data: PhaseData, *, run_id: str, finished_at: float) -> None:
-        self.phase.finished(data, run_id=run_id, finished_at=finished_at)
+        try:
+            self.phase.finished(data, run_id=run_id, finished_at=finished_at)
+        except (OSError, ValueError) as e:  # the window's own results stand; the fleet misses this run
+            logger.error("fleet: PHASE {} not kept for the study: {}", run_id, e)
+            self.events.record("fleet_phase_not_shared", run_id=run_id, error=str(e)[:300])
 
     def _close(self) -> None:
         for ctx in self.studies.values():
@@ -184,7 +194,7 @@ class FleetDreamLoop(DreamLoop):
         """Every joined study's newest verdict taken, turn or not: PHASE measures the study's hall of
         fame even on a host whose last turn ended before its generation was concluded."""
         for name, ctx in list(self.studies.items()):
-            info = ctx.info = await self.db.call(partial(_latest, study_id=ctx.study_id))
+            info = ctx.info = await self.db.call(partial(latest_generation, study_id=ctx.study_id))
             if info is not None:
                 await self._take_verdict(name, ctx, info.generation - (not info.concluded))
 
@@ -239,7 +249,7 @@ class FleetDreamLoop(DreamLoop):
         ctx = await self._context(name)
         await self._flush()
         await self._lead(name, ctx)
-        info = ctx.info = await self.db.call(lambda st: _latest(st, ctx.study_id))
+        info = ctx.info = await self.db.call(lambda st: latest_generation(st, ctx.study_id))
         if info is not None:
             self.progress.generation = info.generation
             self.progress.tournament_done, self.progress.tournament_total = (
@@ -300,7 +310,7 @@ class FleetDreamLoop(DreamLoop):
             self.events.record("fleet_leader", domain=name, study_id=ctx.study_id, leader=ctx.leader)
         if not ctx.leader:
             return
-        info = await self.db.call(lambda st: _latest(st, ctx.study_id))
+        info = await self.db.call(lambda st: latest_generation(st, ctx.study_id))
         if info is None:
             await self._create_first(name, ctx)
         elif info.complete and not info.concluded:
@@ -376,7 +386,7 @@ class FleetDreamLoop(DreamLoop):
         packs = replace(self.concluder, paths=stage).conclude(
             s.domain, gen, s.stock, fc.outcome, self.evaluator.missing_reasons(), rng
         )
-        fleet = _fleet_verdicts(rows, self.settings.seed, self.settings.n_boot)
+        fleet = verdicts_of_rows(rows, self.settings.seed, self.settings.n_boot)
         for cid, v in fleet.items():  # hosts as blocks (fleet/verdict.py): the effect the engine is told
             if v.effect is not None and fc.told.get(cid) is not None:
                 fc.told[cid] = v.effect
@@ -390,7 +400,7 @@ class FleetDreamLoop(DreamLoop):
         verdict["verdicts"] = {cid: msgspec.to_builtins(v) for cid, v in fleet.items()}
         verdict["promoted"] = sorted(cid for cid, v in fleet.items() if v.promoted)
         verdict["race"] = race_record(fc.outcome.race)
-        best, hof = packs.best, s.hall_of_fame
+        best, hof = packs.best, await self._study_hall_of_fame(ctx, gen)
         if best is not None and best.safe and best.aggregate.score_v2 is not None:
             hof = promote(hof, entry_from_pack(best))
         verdict["hall_of_fame"] = msgspec.to_builtins(hof)  # the study's: every host's PHASE subjects
@@ -407,10 +417,21 @@ class FleetDreamLoop(DreamLoop):
             self.events.record("search_space_adapted", domain=name, generation=gen, change=note)
         s.hall_of_fame, self.taken[name] = hof, gen
         s.engine, s.committed, s.generation = engine, engine.state(), gen + 1
-        self.progress.best[name] = {"generation": gen, **said, "fleet": _short(verdict)}
+        self.progress.best[name] = {"generation": gen, **said, "fleet": short_verdict(verdict)}
         logger.info("fleet: {} generation {} concluded over {} host(s): {}", name, gen, len(verdict["hosts"]),
                     said["text"])  # fmt: skip
         self.events.record("fleet_generation_concluded", domain=name, generation=gen, verdict=verdict)
+
+    async def _study_hall_of_fame(self, ctx: StudyContext, gen: int) -> list[HallOfFameEntry]:
+        """The hall of fame the previous generation's verdict recorded (the study's, whichever host
+        led it; a PHASE collapse on one host changes only that host's copy); this host's own before
+        the first generation, or when that verdict has none (recorded by an older daemon)."""
+        from kloros_orchestrator.fleet.generations import verdict_of as recorded
+
+        s = self.searches[ctx.domain]
+        prev = None if gen == 0 else await self.db.call(lambda st: recorded(st, ctx.study_id, gen - 1))
+        hof = None if prev is None else prev.get("hall_of_fame")
+        return list(s.hall_of_fame) if hof is None else msgspec.convert(hof, list[HallOfFameEntry])
 
     async def _take_verdict(self, name: str, ctx: StudyContext, gen: int) -> None:
         """The study's newest concluded generation ``gen``, concluded by another host: its verdict
@@ -421,14 +442,16 @@ class FleetDreamLoop(DreamLoop):
         if gen < 0 or self.taken.get(name, -1) >= gen:
             return
         verdict = await self.db.call(lambda st: recorded(st, ctx.study_id, gen))
-        if verdict is None:
+        if verdict is None or self.taken.get(name, -1) >= gen:  # the turn and the heartbeat both look
             return
         hof = verdict.get("hall_of_fame")
         if hof is not None:  # absent in a verdict an older daemon recorded: keep this host's
             s.hall_of_fame = msgspec.convert(hof, list[HallOfFameEntry])
         s.generation, self.taken[name] = gen + 1, gen
-        self.progress.best[name] = {"generation": gen, "text": verdict.get("text"),
-                                    "cand_id": verdict.get("best"), "fleet": _short(verdict)}  # fmt: skip
+        self.progress.best[name] = {
+            "generation": gen, "text": verdict.get("text"), "cand_id": verdict.get("best"),
+            "fleet": short_verdict(verdict),
+        }  # fmt: skip
 
     # --- one unit ---------------------------------------------------------------------------------
 
@@ -485,8 +508,8 @@ class FleetDreamLoop(DreamLoop):
             except DatabaseDown:
                 continue  # the lease may run out: another host then measures the unit too; one counts
             if unit.unit_id not in held:
-                logger.warning("fleet unit {}/{}: lease lost (re-claimed elsewhere): measurement stopped",
-                               unit.cand_id, unit.round)  # fmt: skip
+                logger.warning("fleet unit {}/{}: lease lost (re-claimed elsewhere, or dropped by the race): "
+                               "measurement stopped", unit.cand_id, unit.round)  # fmt: skip
                 self.events.record("fleet_lease_lost", generation=unit.generation, cand_id=unit.cand_id,
                                    round=unit.round)  # fmt: skip
                 return
@@ -554,25 +577,6 @@ def _beat(study_id: int, host: str, within_s: float, store: FleetStore) -> int:
     """A heartbeat, then the number of hosts alive in the study."""
     store.heartbeat(study_id, host)
     return len(store.hosts_alive(study_id, within_s))
-
-
-def _fleet_verdicts(rows: list[dict[str, Any]], seed: int, n_boot: int) -> dict[str, FleetVerdict]:
-    """``fleet.verdict.fleet_verdicts`` over a generation's rows (each candidate, hosts as blocks)."""
-    return fleet_verdicts((FleetTrial.from_row(r) for r in rows), seed=seed, n_boot=n_boot)
-
-
-def _latest(store: FleetStore, study_id: int) -> GenerationInfo | None:
-    from kloros_orchestrator.fleet.generations import latest
-
-    return latest(store, study_id)
-
-
-def _short(verdict: Mapping[str, Any]) -> dict[str, Any]:
-    return {
-        "hosts": len(verdict.get("hosts") or ()),
-        "best": verdict.get("best"),
-        "method": verdict.get("method"),
-    }
 
 
 __all__ = [

@@ -220,15 +220,20 @@ class HostKeeper:
             except (KlorosError, OSError) as e:
                 logger.error("domain {}: automatic adoption of {} failed: {}", name, best.cand_id, e)
 
-    def fleet_decided(self, decision: FleetDecision) -> None:
+    def fleet_decided(self, decision: FleetDecision, act: bool = True) -> None:
         """The fleet's verdict on this host's PHASE of a domain (runtime/fleet_phase.py): listed in
-        status; in ``auto``, adopted when this host adopts it (``host_adopts``) and the domain still
-        runs the configuration its PHASE measured against."""
+        status; in ``auto`` and ``act`` (not a decision known again after a restart), adopted when
+        this host adopts it (``host_adopts``), the domain still runs the configuration its PHASE
+        measured against, and no operator change is waiting for the boundary."""
         name, pick, adoption_ = decision.domain, decision.pick, decision.adoption
         self.fleet_decisions[name] = decision
-        if self.mode != "auto" or pick is None or adoption_ is None or name not in self.domains:
+        if not act or self.mode != "auto" or pick is None or adoption_ is None or name not in self.domains:
             return
         if dict(pick.genome) == self.current.get(name):
+            return
+        if name in self.pending:
+            logger.warning("domain {}: not adopting {}: a change is already waiting for the boundary",
+                           name, pick.cand_id)  # fmt: skip
             return
         if not adoption_.adopt:
             logger.info("domain {}: not adopting {}: {}", name, pick.cand_id, adoption_.reason)
@@ -243,16 +248,24 @@ class HostKeeper:
         except (KlorosError, OSError) as e:
             logger.error("domain {}: automatic adoption of {} failed: {}", name, pick.cand_id, e)
 
-    def _fleet_choice(self, decision: FleetDecision, by: AdoptedBy) -> adoption.Choice:
-        pick, v = decision.pick, decision.verdict
+    def _fleet_choice(self, decision: FleetDecision, by: AdoptedBy, force: bool = False) -> adoption.Choice:
+        """The fleet's pick to adopt; refused when this host's own trials refuse it (``host_adopts``)
+        unless ``force`` (the provenance then says so)."""
+        pick, v, mine = decision.pick, decision.verdict, decision.adoption
         if pick is None or v is None:
             raise adoption.AdoptionRefused(f"the fleet promoted no variant of {decision.domain}")
+        refused = mine is not None and not mine.adopt
+        if refused and not force:
+            raise adoption.AdoptionRefused(
+                f"{pick.cand_id} was promoted fleet-wide but not for this host: "
+                f"{mine.reason if mine else ''}; add --force to adopt it anyway"
+            )
         why = f"fleet PHASE verdict over {decision.hosts} host(s): {v.reason}"
-        if decision.adoption is not None:
-            why += f"; this host: {decision.adoption.reason}"
+        if mine is not None:
+            why += f"; this host: {mine.reason}"
         prov = Provenance(
             by=by, at=adoption.now_iso(), phase_run_id=decision.run_id, cand_id=pick.cand_id,
-            spica_id=pick.spica_id, score_v2=v.effect, score_ci95=v.ci, evidence=why,
+            spica_id=pick.spica_id, score_v2=v.effect, score_ci95=v.ci, evidence=why, forced=refused,
         )  # fmt: skip
         return adoption.Choice(decision.domain, dict(pick.genome), prov)
 
@@ -297,7 +310,7 @@ class HostKeeper:
         by: AdoptedBy = "operator"
         fleet = self.fleet_decisions.get(domain)
         if fleet is not None and fleet.pick is not None and variant in (None, fleet.pick.cand_id):
-            choice = self._fleet_choice(fleet, by)  # promoted by the fleet's verdict
+            choice = self._fleet_choice(fleet, by, force)  # promoted by the fleet's verdict
         else:
             choice = await anyio.to_thread.run_sync(
                 lambda: adoption.choose(self.store.paths, domain, variant=variant, force=force, by=by)

@@ -104,12 +104,13 @@ def test_identical_hosts_with_a_few_mib_apart_share_the_memory_field(tmp_path: P
 
 
 def test_the_measurement_field_follows_the_regimes_the_caps_and_the_trial_lengths(tmp_path: Path) -> None:
-    """Hosts given other workloads (a regime file, a cap, ``dream.trial_seconds``) join another study;
+    """Hosts given other workloads (a regime file, a cap, ``dream.trial_seconds``) or another race
+    (``dream.racing``) join another study;
     the configuration's own spelling (file order, an unrelated key) does not matter."""
     from kloros_orchestrator.config import load_config
     from kloros_orchestrator.runtime.fleet_context import measurement_of
 
-    def loaded(regime: str, *, trial: int = 1, cap: int = 90, extra: str = "") -> str:
+    def loaded(regime: str, *, trial: int = 1, cap: int = 90, extra: str = "", race: str = "") -> str:
         d = tmp_path / f"c{len(list(tmp_path.iterdir()))}"
         (d / "regimes").mkdir(parents=True)
         (d / "caps").mkdir()
@@ -119,7 +120,7 @@ def test_the_measurement_field_follows_the_regimes_the_caps_and_the_trial_length
         (d / "caps" / "cpu.yaml").write_text(f"temp_c: {cap}\n")
         (d / "k.yaml").write_text(
             f"state_dir: {d / 'state'}\nregimes_dir: {d / 'regimes'}\ncaps_dir: {d / 'caps'}\n{extra}"
-            f"dream: {{domains: [cpu], trial_seconds: {trial}}}\n"
+            f"dream: {{domains: [cpu], trial_seconds: {trial}{race}}}\n"
         )
         return measurement_of(load_config(d / "k.yaml"), "cpu")
 
@@ -129,3 +130,4 @@ def test_the_measurement_field_follows_the_regimes_the_caps_and_the_trial_length
     assert base != loaded("{duration: 3, stressors: [{name: cpu, instances: 1}]}")
     assert base != loaded(two, trial=2)
     assert base != loaded(two, cap=80)
+    assert base != loaded(two, race=", racing: {indifference: 0.05}"), "every leader replays one race"

@@ -60,7 +60,7 @@ def phase_data(effects: dict[str, float], *, seed: int, stock: Genome = TUNE_STO
 class Fleet:
     """Hosts' FleetPhase objects on one study, a shared fake clock, the hosts alive as the study says."""
 
-    def __init__(self, tmp_path: Path, dsn: str, alive: int) -> None:
+    def __init__(self, tmp_path: Path, dsn: str, alive: set[str]) -> None:
         self.tmp_path, self.dsn, self.alive, self.now = tmp_path, dsn, alive, 1.0e9
         store = open_fleet_store(dsn)
         try:
@@ -70,18 +70,25 @@ class Fleet:
             store.close()
         self.phases: list[FleetPhase] = []
         self.decided: dict[str, list[FleetDecision]] = {}
+        self.acts: dict[str, list[bool]] = {}
 
     def host(self, name: str, dsn: str | None = None) -> FleetPhase:
         root = self.tmp_path / name
         events = EventLog(root / "events.jsonl", self.clock)
         db = FleetDatabase(dsn or self.dsn, events=events, clock=self.clock)
 
-        async def study_of(_domain: str) -> tuple[int, int]:
-            return self.study_id, self.alive
+        async def study_of(_domain: str) -> tuple[int, set[str]]:
+            return self.study_id, set(self.alive)
 
         p = FleetPhase(db=db, host=name, root=root / "fleet" / "phase", events=events, seed=3, n_boot=200,
                        window_s=WINDOW_S, study_of=study_of, clock=self.clock)  # fmt: skip
-        p.on_decision = self.decided.setdefault(name, []).append
+        decided, acts = self.decided.setdefault(name, []), self.acts.setdefault(name, [])
+
+        def on_decision(decision: FleetDecision, act: bool) -> None:
+            decided.append(decision)
+            acts.append(act)
+
+        p.on_decision = on_decision
         self.phases.append(p)
         return p
 
@@ -95,7 +102,7 @@ class Fleet:
 
 @pytest.fixture
 def fleet(tmp_path: Path, fleet_dsn: str) -> Iterator[Fleet]:
-    f = Fleet(tmp_path, fleet_dsn, alive=3)
+    f = Fleet(tmp_path, fleet_dsn, alive={"a", "b", "c"})
     yield f
     f.close()
 
@@ -112,7 +119,9 @@ async def test_the_verdict_waits_for_every_host_then_promotes_what_helps_across_
         p.finished(data, run_id=f"phase-{name}", finished_at=fleet.now)
         await p.sync()
         if name != "c":  # a and b have shared; c has not yet: nobody decides
-            assert p.status()[TUNE]["state"] == "waiting" and "of 3 host(s)" in p.status()[TUNE]["why"]
+            why = p.status()[TUNE]["why"]
+            assert p.status()[TUNE]["state"] == "waiting" and "of 3 host(s)" in why
+            assert why.endswith("not yet: b, c)" if name == "a" else "not yet: c)"), why
             assert not fleet.decided[name]
     for p in hosts.values():
         await p.sync()
@@ -125,7 +134,7 @@ async def test_the_verdict_waits_for_every_host_then_promotes_what_helps_across_
         neutral = next(v for d, v in decision.verdicts.items() if d != decision.verdict.cand_id)
         assert not neutral.promoted and neutral.tested == 2, "Bonferroni over the two variants tested"
         assert p.status()[TUNE]["decision"]["promoted"] == "g3c1"
-        assert not list(p.root.glob("*.json")), "a decided run leaves no file behind"
+        assert len(list(p.root.glob("*.json"))) == 1, "the decision is kept with its run"
         verdicts = [e for e in events_of(p) if e["event"] == "fleet_phase_verdict"]
         assert len(verdicts) == 1 and verdicts[0]["promoted"] == "g3c1"
         await p.sync()  # decided once: nothing more happens
@@ -133,7 +142,7 @@ async def test_the_verdict_waits_for_every_host_then_promotes_what_helps_across_
 
 
 async def test_a_variant_that_helps_one_host_and_hurts_another_is_not_promoted(fleet: Fleet) -> None:
-    fleet.alive = 2
+    fleet.alive = {"a", "b"}
     effects = {"a": 0.10, "b": -0.04}
     hosts = {h: fleet.host(h) for h in effects}
     for i, (name, p) in enumerate(hosts.items()):
@@ -168,7 +177,7 @@ async def test_a_run_finished_while_the_database_is_away_is_shared_after_a_resta
     await away.step()  # unreachable: kept, no error escapes
     assert len(list(away.root.glob("*.json"))) == 1 and not fleet.decided["a"]
     away.db.close()
-    fleet.alive = 2
+    fleet.alive = {"a", "b"}
     again = fleet.host("a")  # the daemon restarted (same state_dir) with the database back
     other = fleet.host("b")
     other.finished(phase_data({"g3c1": 0.06}, seed=2), run_id="phase-b", finished_at=fleet.now)
@@ -195,7 +204,7 @@ def keeper_for(tmp_path: Path, mode: str) -> HostKeeper:
 
 
 async def decision_for(fleet: Fleet, stock: Genome = TUNE_STOCK) -> FleetDecision:
-    fleet.alive = 2
+    fleet.alive = {"a", "b"}
     for i, name in enumerate(("a", "b")):
         p = fleet.host(name)
         data = phase_data({"g3c1": 0.06}, seed=i, stock=stock)
@@ -241,3 +250,67 @@ async def test_manual_mode_lists_the_fleets_pick_and_apply_takes_it(fleet: Fleet
     config = keeper.store.adopted_config(TUNE)
     assert config is not None and config.genome == BETTER and config.provenance.by == "operator"
     assert not config.provenance.forced
+
+
+async def test_a_host_that_died_after_sharing_does_not_stand_in_for_a_live_one(fleet: Fleet) -> None:
+    gone = fleet.host("d")  # shared this window's run, then died: its evidence counts, not its place
+    gone.finished(phase_data({"g3c1": 0.06}, seed=9), run_id="phase-d", finished_at=fleet.now)
+    await gone.sync()
+    hosts = {h: fleet.host(h) for h in ("a", "b")}
+    for i, (name, p) in enumerate(hosts.items()):
+        p.finished(phase_data({"g3c1": 0.06}, seed=i), run_id=f"phase-{name}", finished_at=fleet.now)
+        await p.sync()
+    await hosts["a"].sync()
+    assert not fleet.decided["a"] and hosts["a"].status()[TUNE]["why"].endswith("not yet: c)")
+    fleet.alive = {"a", "b"}  # c is gone too: the verdict is taken, d's run among the evidence
+    await hosts["a"].sync()
+    [decision] = fleet.decided["a"]
+    assert decision.hosts == 3
+
+
+async def test_a_decision_survives_a_restart_and_is_acted_on_once(fleet: Fleet) -> None:
+    fleet.alive = {"a", "b"}
+    for i, name in enumerate(("a", "b")):
+        p = fleet.host(name)
+        p.on_decision = None if name == "a" else p.on_decision  # a stops before its keeper hears
+        p.finished(phase_data({"g3c1": 0.06}, seed=i), run_id=f"phase-{name}", finished_at=fleet.now)
+        await p.sync()
+    await fleet.phases[0].sync()
+    assert fleet.phases[0].status()[TUNE]["decision"]["promoted"] == "g3c1" and not fleet.decided["a"]
+    for _ in range(2):  # restarted twice: the first restart acts on it, the second only knows it
+        again = fleet.host("a")
+        await again.sync()
+    assert fleet.acts["a"] == [True, False]
+    assert [d.run_id for d in fleet.decided["a"]] == ["phase-a", "phase-a"]
+    assert fleet.acts["b"] == [True]
+
+
+async def test_apply_refuses_the_fleets_pick_where_this_host_refused_it_unless_forced(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    import msgspec
+
+    from kloros_orchestrator.fleet.verdict import Adoption
+
+    decision = await decision_for(fleet)
+    no = Adoption(host="a", cand_id="g3c1", adopt=False, reason="unsafe on this host: 1 cap breach(es)")
+    keeper = keeper_for(tmp_path, "auto")
+    keeper.fleet_decided(msgspec.structs.replace(decision, adoption=no))
+    assert keeper.store.adopted_config(TUNE) is None, "auto mode follows this host's refusal"
+    refused = await keeper.request({"cmd": "apply", "domain": TUNE})
+    assert (
+        refused["ok"] is False
+        and "not for this host: unsafe" in refused["error"]
+        and "--force" in refused["error"]
+    )
+    forced = await keeper.request({"cmd": "apply", "domain": TUNE, "force": True})
+    config = keeper.store.adopted_config(TUNE)
+    assert forced["ok"] is True and config is not None and config.provenance.forced
+
+
+async def test_auto_mode_leaves_an_operators_pending_change_alone(fleet: Fleet, tmp_path: Path) -> None:
+    decision = await decision_for(fleet)
+    keeper = keeper_for(tmp_path, "auto")
+    keeper.pending.add(TUNE)  # an operator's apply or rollback waits for the boundary
+    keeper.fleet_decided(decision)
+    assert keeper.store.adopted_config(TUNE) is None

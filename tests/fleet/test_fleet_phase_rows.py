@@ -22,6 +22,7 @@ from kloros_orchestrator.fleet.phase_rows import (
     SLOT_STRIDE,
     PhaseRun,
     PhaseTrial,
+    hosts_sharing,
     hosts_with_runs,
     phase_run_of,
     phase_trials,
@@ -274,12 +275,27 @@ def test_hosts_with_runs_counts_runs_since(store: FleetStore, study: int) -> Non
     assert hosts_with_runs(store, study, "cpu", DIGEST["bad"]) == set()
 
 
-def test_a_malformed_row_is_refused_with_a_clear_error(store: FleetStore, study: int, fleet_dsn: str) -> None:
+def test_a_malformed_row_is_left_out_with_a_clear_warning(
+    store: FleetStore, study: int, fleet_dsn: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One host's bad row is no evidence, and never blocks the other hosts' verdict."""
+    from loguru import logger
+
     record_phase_run(store, study, run_of("a", "r1", 100.0, {"good": 0.05}, seed=1))
+    record_phase_run(store, study, run_of("b", "r1", 100.0, {"good": 0.05}, seed=2))
     with psycopg.connect(fleet_dsn, autocommit=True) as conn:
-        conn.execute("""UPDATE phase_runs SET trials = '[{"slot": 1, "regime": "stress"}]'""")
-    with pytest.raises(ValueError, match=r"malformed PHASE run 'r1' of host 'a' \(cpu\).*variant"):
-        phase_trials(store, study, "cpu")
+        bad = """UPDATE phase_runs SET trials = '[{"slot": 1, "regime": "stress"}]' WHERE host = 'a'"""
+        conn.execute(bad)
+    seen: list[str] = []
+    sink = logger.add(lambda m: seen.append(str(m)), level="WARNING")
+    try:
+        trials = phase_trials(store, study, "cpu")
+    finally:
+        logger.remove(sink)
+    assert trials and {t.host for t in trials} == {"b"}
+    assert any("malformed PHASE run 'r1' of host 'a' (cpu)" in m and "variant" in m for m in seen), seen
+    assert hosts_sharing(store, study, "cpu", 50.0) == {"a", "b"}
+    assert hosts_sharing(store, study, "cpu", 150.0) == set()
 
 
 # --- the fleet verdict from the shared runs ----------------------------------------------------------
