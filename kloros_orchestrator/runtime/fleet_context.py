@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kloros_orchestrator.config import LoadedConfig
+from kloros_orchestrator.config_checks import MIN_LEASE_S  # the smallest lease the configuration allows
 from kloros_orchestrator.fleet.dsn import default_host_id
 from kloros_orchestrator.fleet.key import measurement_hash
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
     from kloros_orchestrator.fleet.generations import GenerationInfo
     from kloros_orchestrator.fleet.leader import LeaderLock
 
-MIN_LEASE_S = 30.0
 TRIAL_OVERHEAD_S = 2.0  # apply, start, reap: a trial's wall time beyond its stress-ng duration
 
 
