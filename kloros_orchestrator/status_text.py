@@ -129,8 +129,18 @@ def _fleet_lines(f: dict[str, Any] | None) -> list[str]:
             f"study       {name}: {st.get('name')} key {str(st.get('key_digest'))[:12]}, "
             f"{st.get('hosts_alive')} host(s) alive, {'leader' if st.get('leader') else 'not leader'}, "
             f"gen {st.get('generation')}: {units.get('done', 0)} done, {units.get('claimed', 0)} claimed, "
-            f"{units.get('open', 0)} open"
+            f"{units.get('open', 0)} open" + (f", {units['dropped']} dropped" if units.get("dropped") else "")
         )
+    for name, ph in (f.get("phase") or {}).items():
+        dec = ph.get("decision")
+        if ph.get("state") == "waiting" or dec is None:
+            lines.append(f"fleet PHASE {name}: {ph.get('why')}")
+        else:
+            pick = f"promoted {dec['promoted']}, " if dec.get("promoted") else ""
+            lines.append(
+                f"fleet PHASE {name}: {dec.get('phase_run_id')} over {dec.get('hosts')} host(s): {pick}"
+                f"{dec.get('reason')}"
+            )
     return lines
 
 

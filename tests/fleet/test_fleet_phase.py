@@ -27,6 +27,7 @@ from kloros_orchestrator.runtime.fleet_db import FleetDatabase
 from kloros_orchestrator.runtime.fleet_phase import FleetDecision, FleetPhase
 from kloros_orchestrator.runtime.host_keeper import HostKeeper
 from kloros_orchestrator.runtime.ports import EventLog
+from kloros_orchestrator.status_text import format_status
 from kloros_orchestrator.store import StatePaths
 
 WINDOW_S = 3600.0
@@ -122,6 +123,8 @@ async def test_the_verdict_waits_for_every_host_then_promotes_what_helps_across_
             why = p.status()[TUNE]["why"]
             assert p.status()[TUNE]["state"] == "waiting" and "of 3 host(s)" in why
             assert why.endswith("not yet: b, c)" if name == "a" else "not yet: c)"), why
+            text = format_status({"state": "evolving", "fleet": {"name": "web", "phase": p.status()}})
+            assert f"fleet PHASE {TUNE}: waiting for the fleet" in text
             assert not fleet.decided[name]
     for p in hosts.values():
         await p.sync()
@@ -134,6 +137,8 @@ async def test_the_verdict_waits_for_every_host_then_promotes_what_helps_across_
         neutral = next(v for d, v in decision.verdicts.items() if d != decision.verdict.cand_id)
         assert not neutral.promoted and neutral.tested == 2, "Bonferroni over the two variants tested"
         assert p.status()[TUNE]["decision"]["promoted"] == "g3c1"
+        text = format_status({"state": "evolving", "fleet": {"name": "web", "phase": p.status()}})
+        assert f"fleet PHASE {TUNE}: phase-{name} over 3 host(s): promoted g3c1, promoted fleet-wide" in text
         assert len(list(p.root.glob("*.json"))) == 1, "the decision is kept with its run"
         verdicts = [e for e in events_of(p) if e["event"] == "fleet_phase_verdict"]
         assert len(verdicts) == 1 and verdicts[0]["promoted"] == "g3c1"
