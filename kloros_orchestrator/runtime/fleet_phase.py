@@ -27,6 +27,13 @@ into D-REAM are unchanged. What the fleet adds is the verdict that adoption foll
    per run and kept on disk with the run (the domain's latest only), marked once it was acted on:
    after a restart the keeper knows it again (status, ``apply``) but does not act on it twice.
 
+5. **Back into the study** (:func:`fold_into`): the leader folds its latest decision into the
+   study's hall of fame when it concludes a generation, as a single host's collapse does with its
+   own PHASE: a variant's fleet effect and interval replace D-REAM's quick estimate, and a variant
+   the fleet found significantly worse (interval below 0) or unsafe on some host leaves it, so the
+   next windows do not measure it again. (The search space is not changed: seeds and
+   recommendations stay with each host's own collapse.)
+
 One run or domain failing (a domain no longer enabled, a bad file) is logged once and never holds
 up the others; an unreachable database ends the heartbeat's pass, to be tried again.
 """
@@ -47,8 +54,10 @@ from kloros_orchestrator.fleet.records import genome_digest
 from kloros_orchestrator.fleet.verdict import Adoption, FleetVerdict, fleet_verdicts, host_adopts
 from kloros_orchestrator.model import Genome
 from kloros_orchestrator.phase.records import PhaseData, VariantInfo
+from kloros_orchestrator.runtime.conclude import sort_hall_of_fame
 from kloros_orchestrator.runtime.fleet_db import DatabaseDown, FleetDatabase
 from kloros_orchestrator.runtime.ports import Clock, EventLog
+from kloros_orchestrator.runtime.records import HallOfFameEntry
 from kloros_orchestrator.safefs import make_dirs, read_bounded
 from kloros_orchestrator.store import atomic_write_bytes
 
@@ -297,4 +306,21 @@ class FleetPhase:
         return out
 
 
-__all__ = ["FleetDecision", "FleetPhase", "PendingRun"]
+def fold_into(hof: list[HallOfFameEntry], decision: FleetDecision | None) -> list[HallOfFameEntry]:
+    """The study's hall of fame with the fleet's PHASE verdict in it (module docstring, 5); pure."""
+    if decision is None:
+        return list(hof)
+    out: list[HallOfFameEntry] = []
+    for h in hof:
+        v = decision.verdicts.get(genome_digest(dict(h.genome)))
+        if v is None or v.effect is None:
+            out.append(h)
+            continue
+        if (v.ci is not None and v.ci[1] < 0.0) or not all(e.safe for e in v.hosts):
+            continue  # the fleet found it worse, or unsafe somewhere: not measured again
+        out.append(msgspec.structs.replace(h, score=v.effect, score_ci95=v.ci, phase_run_id=decision.run_id))
+    sort_hall_of_fame(out)
+    return out
+
+
+__all__ = ["FleetDecision", "FleetPhase", "PendingRun", "fold_into"]

@@ -72,7 +72,7 @@ from kloros_orchestrator.runtime.fleet_context import (
     unit_seconds,
 )
 from kloros_orchestrator.runtime.fleet_db import DatabaseDown, FleetDatabase
-from kloros_orchestrator.runtime.fleet_phase import FleetPhase
+from kloros_orchestrator.runtime.fleet_phase import FleetPhase, fold_into
 from kloros_orchestrator.runtime.fleet_race import drops_for, race_record, replay_race
 from kloros_orchestrator.runtime.fleet_unit import (
     UnitPlan,
@@ -400,7 +400,9 @@ class FleetDreamLoop(DreamLoop):
         verdict["verdicts"] = {cid: msgspec.to_builtins(v) for cid, v in fleet.items()}
         verdict["promoted"] = sorted(cid for cid, v in fleet.items() if v.promoted)
         verdict["race"] = race_record(fc.outcome.race)
-        best, hof = packs.best, await self._study_hall_of_fame(ctx, gen)
+        done = self.phase.decided.get(name)  # the fleet's PHASE verdict, folded in as a collapse does
+        hof = fold_into(await self._study_hall_of_fame(ctx, gen), None if done is None else done.decision)
+        best = packs.best
         if best is not None and best.safe and best.aggregate.score_v2 is not None:
             hof = promote(hof, entry_from_pack(best))
         verdict["hall_of_fame"] = msgspec.to_builtins(hof)  # the study's: every host's PHASE subjects

@@ -319,3 +319,39 @@ async def test_auto_mode_leaves_an_operators_pending_change_alone(fleet: Fleet, 
     keeper.pending.add(TUNE)  # an operator's apply or rollback waits for the boundary
     keeper.fleet_decided(decision)
     assert keeper.store.adopted_config(TUNE) is None
+
+
+async def test_the_fleets_verdict_goes_back_into_the_studys_hall_of_fame(fleet: Fleet) -> None:
+    """As a collapse: fleet effects replace the quick estimates, a variant the fleet found worse
+    leaves (not measured again), one no host measured stays as it was."""
+    from kloros_orchestrator.runtime.fleet_phase import fold_into
+    from kloros_orchestrator.runtime.records import HallOfFameEntry
+
+    fleet.alive = {"a", "b"}
+    worse: Genome = {**TUNE_STOCK, "swappiness": 90}
+    VARIANTS["g3c3"] = VariantInfo(genome=worse, spica_id="spica-w", cand_id="g3c3")
+    try:
+        for i, name in enumerate(("a", "b")):
+            p = fleet.host(name)
+            data = phase_data({"g3c1": 0.06, "g3c3": -0.08}, seed=i)
+            p.finished(data, run_id=f"phase-{name}", finished_at=fleet.now)
+            await p.sync()
+        await fleet.phases[0].sync()
+    finally:
+        del VARIANTS["g3c3"]
+    decision = fleet.decided["a"][0]
+    unmeasured: Genome = {**TUNE_STOCK, "dirty_ratio": 30}
+    hof = [
+        HallOfFameEntry(cand_id="g3c3", spica_id="spica-w", genome=worse, generation=3, score=0.2),
+        HallOfFameEntry(cand_id="g3c1", spica_id="spica-b", genome=BETTER, generation=3, score=0.01),
+        HallOfFameEntry(cand_id="g2c0", spica_id="spica-u", genome=unmeasured, generation=2, score=0.03),
+    ]
+    folded = fold_into(hof, decision)
+    assert [h.cand_id for h in folded] == ["g3c1", "g2c0"], "worse fleet-wide: out; sorted by score"
+    better = folded[0]
+    assert better.score == pytest.approx(0.06, abs=0.02) and better.phase_run_id == "phase-a"
+    from kloros_orchestrator.fleet.records import genome_digest
+
+    assert better.score_ci95 == decision.verdicts[genome_digest(BETTER)].ci  # over 2 hosts: wide
+    assert decision.verdicts[genome_digest(worse)].ci[1] < 0  # type: ignore[index]
+    assert folded[1] == hof[2] and fold_into(hof, None) == hof
