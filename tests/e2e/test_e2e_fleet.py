@@ -204,11 +204,7 @@ def test_three_daemons_share_generations_through_a_kill_and_a_database_restart(
     db = cluster.new_database()
     uri = _uri(cluster, db)
     cfgs = {h: _config(workdir, h, uri) for h in HOSTS}
-    notes = {h: Notify() for h in HOSTS}
-    procs = {h: start_daemon(cfgs[h], notes[h]) for h in HOSTS}
-    try:
-        for h in HOSTS:
-            notes[h].wait_for(lambda m: "READY=1" in m, 30, f"READY=1 from {h}")
+    with _daemons(cfgs) as procs:
         # Generation 0, together: concluded once every unit is in, by whoever leads.
         _until("generation 0 concluded", 60, lambda: len(_generations(cluster, db)) >= 2)
         st = _fleet(workdir, HOSTS[0])
@@ -232,16 +228,7 @@ def test_three_daemons_share_generations_through_a_kill_and_a_database_restart(
         _until("a finished unit spooled", 90, lambda: any(_fleet(workdir, h)["spool"] >= 1 for h in alive))
         cluster.start()
         _until("generation 1 concluded", LEASE_S + 60, lambda: len(_generations(cluster, db)) >= 3)
-        for h in alive:
-            procs[h].send_signal(signal.SIGTERM)
-            assert procs[h].wait(timeout=20) == 0, h
-    finally:
-        for p in procs.values():
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-        for n in notes.values():
-            n.close()
+        _stop(procs, alive)
     units = _rows(cluster, db, "SELECT generation, cand_id, round, state, done_by, claims FROM work_units"
                   " WHERE generation <= 1 ORDER BY 1, 2, 3")  # fmt: skip
     assert units and all(u[3] == "done" for u in units), units
