@@ -228,8 +228,11 @@ async def test_orphan_that_died_unseen_in_the_session_is_reaped(tmp_path: Path, 
 @pytest.mark.e2e
 @pytest.mark.skipif(shutil.which("stress-ng") is None, reason="stress-ng is not installed")
 async def test_killed_fork_stressor_leaves_nothing_running(tmp_path: Path, subreaper: None) -> None:
-    # No grace: SIGKILL at once, so forked children whose parent dies first are orphaned to us.
-    spec = WorkloadSpec(stressors=(StressorSpec("fork", 2),), duration_s=10, probe=False)
+    # No grace: SIGKILL at once, so forked children whose parent dies first are orphaned to us. With
+    # stress-ng's default of one child per worker at a time, four descendants (two workers, two
+    # children) are seen together in well under 1 % of snapshots: 16 keeps many children in flight.
+    fork = StressorSpec("fork", 2, {"fork-max": 16})
+    spec = WorkloadSpec(stressors=(fork,), duration_s=10, probe=False)
     started = anyio.Event()
     pids: list[int] = []
 
@@ -250,6 +253,9 @@ async def test_killed_fork_stressor_leaves_nothing_running(tmp_path: Path, subre
             tg.start_soon(cancel_when_forking)
             with scope:
                 await run_stress_ng(spec, workdir=tmp_path, grace_s=0.0, on_started=on_started)
+            if not scope.cancel_called:  # the run ended on its own: say so rather than time out
+                tg.cancel_scope.cancel()
+                pytest.fail("the fork stressor never had four descendants at once: nothing was killed")
     ours = psutil.Process().children()
     assert [c.pid for c in ours if c.status() != psutil.STATUS_ZOMBIE] == []
     # Zombies in the workload's session are the run's and reaped. (A child that made a session of its
