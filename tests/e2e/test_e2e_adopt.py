@@ -133,8 +133,13 @@ def test_auto_adopts_the_promoted_variant_then_verify_export_kill9_rollback(work
         profile = (out / "kloros-planted" / "tuned.conf").read_text()
         assert f"kernel.klr_cpu_load={value}" in profile and prov["phase_run_id"] in profile
 
-        # kill -9 during a trial of the next tournament: the journal holds the adopted value.
-        notify.wait_for(running_workload, 120, "a trial running after the adoption")
+        # kill -9 during a candidate's trial of the next tournament (its stock arm is the adopted value,
+        # and which trial runs by now depends on how fast the CLIs above were): the journal holds the
+        # adopted value. The knob holds the trial's value while its workload runs.
+        notify.wait_for(
+            lambda m: running_workload(m) and int(knob.read_text()) != value,
+            120, "a candidate's trial running after the adoption",
+        )  # fmt: skip
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     finally:

@@ -206,7 +206,7 @@ def test_three_daemons_share_generations_through_a_kill_and_a_database_restart(
     cfgs = {h: _config(workdir, h, uri) for h in HOSTS}
     with _daemons(cfgs) as procs:
         # Generation 0, together: concluded once every unit is in, by whoever leads.
-        _until("generation 0 concluded", 60, lambda: len(_generations(cluster, db)) >= 2)
+        _until("generation 0 concluded", 120, lambda: len(_generations(cluster, db)) >= 2)
         st = _fleet(workdir, HOSTS[0])
         assert st["studies"][DOMAIN]["hosts_alive"] == 3 and st["name"] == "e2e", st
         assert "fleet@" in st["store"]
