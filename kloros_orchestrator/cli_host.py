@@ -22,7 +22,9 @@ from kloros_orchestrator.errors import DaemonNotRunning, KlorosError
 
 if TYPE_CHECKING:
     from kloros_orchestrator.config import LoadedConfig
+    from kloros_orchestrator.host.adoption import Choice
     from kloros_orchestrator.spica.journal import KnobJournal
+    from kloros_orchestrator.store import StatePaths
 
 EXIT_OK, EXIT_FAILURE, EXIT_DRIFT = 0, 1, 1
 COMMANDS = frozenset({"apply", "rollback", "verify", "export", "explain"})
@@ -151,7 +153,7 @@ def _offline_apply(req: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
     paths, root, name = StatePaths(loaded.state_dir), loaded.sysfs_root, req["domain"]
     only = msgspec.structs.replace(loaded, config=_only_domain(loaded, name))
     try:  # before anything touches the host: a refused variant changes nothing
-        choice = adoption.choose(paths, name, variant=req["variant"], force=req["force"])
+        choice = _offline_choice(req, loaded, paths)
     except adoption.AdoptionRefused as e:
         return {"ok": False, "error": str(e)}
     journal = _restore_crashed(loaded)
@@ -172,6 +174,21 @@ def _offline_apply(req: dict[str, Any], loaded: LoadedConfig) -> dict[str, Any]:
     p = config.provenance
     return {"ok": True, "message": f"{name}: adopted {p.cand_id} ({p.evidence}); "
             f"{len(written)} file(s) written (no daemon was running)"}  # fmt: skip
+
+
+def _offline_choice(req: dict[str, Any], loaded: LoadedConfig, paths: StatePaths) -> Choice:
+    """As the daemon's ``apply``: in a fleet, the fleet's pick on this host's latest PHASE run (the
+    decision kept under ``state_dir/fleet/phase``) when no other variant is named; otherwise (and on
+    one host) the variant of this host's own PHASE results."""
+    from kloros_orchestrator.host import adoption
+    from kloros_orchestrator.runtime.fleet_phase import latest_decision
+    from kloros_orchestrator.runtime.host_keeper import fleet_choice
+
+    name, variant, force = req["domain"], req["variant"], req["force"]
+    fleet = latest_decision(paths.root / "fleet" / "phase", name) if loaded.config.study.shared else None
+    if fleet is not None and fleet.pick is not None and variant in (None, fleet.pick.cand_id):
+        return fleet_choice(fleet, "operator", force)
+    return adoption.choose(paths, name, variant=variant, force=force)
 
 
 def _restore_crashed(loaded: LoadedConfig) -> KnobJournal:

@@ -151,17 +151,7 @@ class FleetPhase:
     def _load(self) -> None:
         """What a crash or a stop left: the latest decision per domain (delivered again, acted on
         only if it was not), the latest undecided run per domain (decided), older ones (shared)."""
-        if not self.root.is_dir():
-            return
-        runs: list[PendingRun] = []
-        for path in sorted(self.root.glob("*.json")):
-            try:
-                raw = read_bounded(path, max_bytes=MAX_PENDING_BYTES)
-                runs.append(msgspec.json.decode(raw, type=PendingRun))
-            except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
-                logger.error("fleet PHASE run {} unreadable, left aside: {}", path.name, e)
-                path.rename(path.with_suffix(".rejected"))
-        for p in sorted(runs, key=lambda p: p.run.finished_at):
+        for p in load_runs(self.root, set_aside=True):
             if p.decision is not None:
                 self._keep_decided(p)
             else:
@@ -304,6 +294,30 @@ class FleetPhase:
             if p.decision is not None:
                 out.setdefault(d, {"state": "decided"})["decision"] = p.decision.summary()
         return out
+
+
+def load_runs(root: Path, *, set_aside: bool = False) -> list[PendingRun]:
+    """The runs kept under ``root`` (``state_dir/fleet/phase``), oldest first; an unreadable file is
+    logged and skipped, and with ``set_aside`` renamed ``.rejected`` (the daemon's start-up)."""
+    if not root.is_dir():
+        return []
+    runs: list[PendingRun] = []
+    for path in sorted(root.glob("*.json")):
+        try:
+            raw = read_bounded(path, max_bytes=MAX_PENDING_BYTES)
+            runs.append(msgspec.json.decode(raw, type=PendingRun))
+        except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
+            logger.error("fleet PHASE run {} unreadable, left aside: {}", path.name, e)
+            if set_aside:
+                path.rename(path.with_suffix(".rejected"))
+    return sorted(runs, key=lambda p: p.run.finished_at)
+
+
+def latest_decision(root: Path, domain: str) -> FleetDecision | None:
+    """The fleet's decision on this host's latest decided PHASE run of ``domain`` kept under ``root``
+    (what the daemon's keeper knows after a restart; read by the offline ``apply``)."""
+    decided = [p.decision for p in load_runs(root) if p.decision is not None and p.run.domain == domain]
+    return decided[-1] if decided else None
 
 
 def fold_into(hof: list[HallOfFameEntry], decision: FleetDecision | None) -> list[HallOfFameEntry]:

@@ -243,31 +243,10 @@ class HostKeeper:
                            "judged", name, pick.cand_id)  # fmt: skip
             return
         try:
-            self.adopt(self._fleet_choice(decision, "auto"))
+            self.adopt(fleet_choice(decision, "auto"))
             self.changed(name)
         except (KlorosError, OSError) as e:
             logger.error("domain {}: automatic adoption of {} failed: {}", name, pick.cand_id, e)
-
-    def _fleet_choice(self, decision: FleetDecision, by: AdoptedBy, force: bool = False) -> adoption.Choice:
-        """The fleet's pick to adopt; refused when this host's own trials refuse it (``host_adopts``)
-        unless ``force`` (the provenance then says so)."""
-        pick, v, mine = decision.pick, decision.verdict, decision.adoption
-        if pick is None or v is None:
-            raise adoption.AdoptionRefused(f"the fleet promoted no variant of {decision.domain}")
-        refused = mine is not None and not mine.adopt
-        if refused and not force:
-            raise adoption.AdoptionRefused(
-                f"{pick.cand_id} was promoted fleet-wide but not for this host: "
-                f"{mine.reason if mine else ''}; add --force to adopt it anyway"
-            )
-        why = f"fleet PHASE verdict over {decision.hosts} host(s): {v.reason}"
-        if mine is not None:
-            why += f"; this host: {mine.reason}"
-        prov = Provenance(
-            by=by, at=adoption.now_iso(), phase_run_id=decision.run_id, cand_id=pick.cand_id,
-            spica_id=pick.spica_id, score_v2=v.effect, score_ci95=v.ci, evidence=why, forced=refused,
-        )  # fmt: skip
-        return adoption.Choice(decision.domain, dict(pick.genome), prov)
 
     # --- requests and status ---------------------------------------------------------------------
 
@@ -310,7 +289,7 @@ class HostKeeper:
         by: AdoptedBy = "operator"
         fleet = self.fleet_decisions.get(domain)
         if fleet is not None and fleet.pick is not None and variant in (None, fleet.pick.cand_id):
-            choice = self._fleet_choice(fleet, by, force)  # promoted by the fleet's verdict
+            choice = fleet_choice(fleet, by, force)  # promoted by the fleet's verdict
         else:
             choice = await anyio.to_thread.run_sync(
                 lambda: adoption.choose(self.store.paths, domain, variant=variant, force=force, by=by)
@@ -381,4 +360,26 @@ def _rollback_message(names: list[str], domain: str | None = None) -> str:
     return f"rolled back {', '.join(names)} to factory values (written at the next tournament boundary)"
 
 
-__all__ = ["HOST_COMMANDS", "HostKeeper", "PromotionMode"]
+def fleet_choice(decision: FleetDecision, by: AdoptedBy, force: bool = False) -> adoption.Choice:
+    """The fleet's pick to adopt; refused when this host's own trials refuse it (``host_adopts``)
+    unless ``force`` (the provenance then says so): the daemon's ``apply`` and the offline one."""
+    pick, v, mine = decision.pick, decision.verdict, decision.adoption
+    if pick is None or v is None:
+        raise adoption.AdoptionRefused(f"the fleet promoted no variant of {decision.domain}")
+    refused = mine is not None and not mine.adopt
+    if refused and not force:
+        raise adoption.AdoptionRefused(
+            f"{pick.cand_id} was promoted fleet-wide but not for this host: "
+            f"{mine.reason if mine else ''}; add --force to adopt it anyway"
+        )
+    why = f"fleet PHASE verdict over {decision.hosts} host(s): {v.reason}"
+    if mine is not None:
+        why += f"; this host: {mine.reason}"
+    prov = Provenance(
+        by=by, at=adoption.now_iso(), phase_run_id=decision.run_id, cand_id=pick.cand_id,
+        spica_id=pick.spica_id, score_v2=v.effect, score_ci95=v.ci, evidence=why, forced=refused,
+    )  # fmt: skip
+    return adoption.Choice(decision.domain, dict(pick.genome), prov)
+
+
+__all__ = ["HOST_COMMANDS", "HostKeeper", "PromotionMode", "fleet_choice"]

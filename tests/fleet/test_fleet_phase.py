@@ -5,7 +5,9 @@ HostKeeper in ``promotion: auto``, and nothing lost when the database is away or
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,12 +15,14 @@ from pathlib import Path
 import anyio
 import numpy as np
 import pytest
+import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "runtime"))  # the runtime tests' fakes
 
-from fakes import TUNE, TUNE_STOCK, open_tune_domain
+from fakes import TUNE, TUNE_OPTIONS, TUNE_STOCK, TUNE_TREE, open_tune_domain
 from test_fleet_store import KEY
 
+from kloros_orchestrator.cli import main
 from kloros_orchestrator.fleet.pgstore import open_fleet_store
 from kloros_orchestrator.host.store import HostStore
 from kloros_orchestrator.model import STOCK_ARM, Genome
@@ -29,7 +33,9 @@ from kloros_orchestrator.runtime.host_keeper import HostKeeper
 from kloros_orchestrator.runtime.ports import EventLog
 from kloros_orchestrator.status_text import format_status
 from kloros_orchestrator.store import StatePaths
+from kloros_orchestrator.testing import write_tree
 
+REPO = Path(__file__).resolve().parents[2]
 WINDOW_S = 3600.0
 BETTER: Genome = {**TUNE_STOCK, "swappiness": 10}
 NEUTRAL: Genome = {**TUNE_STOCK, "swappiness": 30}
@@ -355,3 +361,41 @@ async def test_the_fleets_verdict_goes_back_into_the_studys_hall_of_fame(fleet: 
     assert better.score_ci95 == decision.verdicts[genome_digest(BETTER)].ci  # over 2 hosts: wide
     assert decision.verdicts[genome_digest(worse)].ci[1] < 0  # type: ignore[index]
     assert folded[1] == hof[2] and fold_into(hof, None) == hof
+
+
+async def test_apply_without_a_daemon_takes_the_fleets_decision_kept_on_disk(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The offline ``apply`` follows the fleet's verdict as the daemon's does: the decision kept with
+    host a's latest run (under its state_dir), not host a's own PHASE results (it has none here)."""
+    await decision_for(fleet)  # host a's decision, kept under tmp_path/a/fleet/phase
+    short = Path(tempfile.mkdtemp(prefix="ko"))  # the socket path (where nothing listens) must fit
+    try:
+        write_tree(short / "sysfs", dict(TUNE_TREE))
+        (short / "regimes").mkdir()
+        shutil.copy(REPO / "regimes" / "cpu.yaml", short / "regimes" / f"{TUNE}.yaml")
+        cfg = {
+            "state_dir": str(tmp_path / "a"),
+            "socket": str(short / "k.sock"),
+            "sysfs_root": str(short / "sysfs"),
+            "regimes_dir": str(short / "regimes"),
+            "study": {"store": "postgresql://db.invalid/fleet", "name": "web"},  # not contacted offline
+            "dream": {"domains": [TUNE]},
+            "domain_options": {TUNE: {"kind": "generic", **TUNE_OPTIONS}},
+        }
+        (short / "dream.yaml").write_text(yaml.safe_dump(cfg))
+        apply = ["apply", "--config", str(short / "dream.yaml"), "--domain", TUNE]
+        code = main([*apply, "--phase", "latest"])
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert out.startswith(f"{TUNE}: adopted g3c1 (fleet PHASE verdict over 2 host(s)"), out
+        assert "no daemon" in out
+        assert (short / "sysfs" / "proc/sys/vm/swappiness").read_text().strip() == str(BETTER["swappiness"])
+        config = HostStore(StatePaths(tmp_path / "a")).adopted_config(TUNE)
+        assert config is not None and config.genome == BETTER and config.provenance.by == "operator"
+        assert config.provenance.phase_run_id == "phase-a"
+        # Another variant by name is looked for in this host's own PHASE results, as the daemon does.
+        assert main([*apply, "--variant", "g9c9"]) == 1
+        assert "phase" in capsys.readouterr().err.lower()
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
