@@ -193,17 +193,20 @@ class FleetPhase:
 
     async def sync(self) -> None:
         """Share what is not shared yet, decide what is final, deliver decisions (each heartbeat).
-        One item failing (a domain no longer enabled, a bug) does not hold up the others."""
-        for p in [*self.stale, *self.pending.values()]:
-            if not p.uploaded:
-                await self._guarded(f"share {p.run.run_id}/{p.run.domain}", self._upload(p))
-        self.stale = [s for s in self.stale if not s.uploaded]
-        for domain, p in list(self.pending.items()):
-            if p.uploaded:
-                await self._guarded(f"decide {p.run.run_id}/{domain}", self._decide(domain, p))
-        for p in list(self.decided.values()):
-            if self.on_decision is not None and p.decision is not None:
-                self._deliver(p, p.decision)
+        One item failing (a domain no longer enabled, a bug) does not hold up the others; decisions
+        kept from before a restart reach the keeper even while the database is unreachable."""
+        try:
+            for p in [*self.stale, *self.pending.values()]:
+                if not p.uploaded:
+                    await self._guarded(f"share {p.run.run_id}/{p.run.domain}", self._upload(p))
+            self.stale = [s for s in self.stale if not s.uploaded]
+            for domain, p in list(self.pending.items()):
+                if p.uploaded:
+                    await self._guarded(f"decide {p.run.run_id}/{domain}", self._decide(domain, p))
+        finally:
+            for p in list(self.decided.values()):
+                if self.on_decision is not None and p.decision is not None:
+                    self._deliver(p, p.decision)
 
     async def _guarded(self, what: str, step: Awaitable[None]) -> None:
         try:
@@ -296,18 +299,20 @@ class FleetPhase:
         return out
 
 
-def load_runs(root: Path, *, set_aside: bool = False) -> list[PendingRun]:
-    """The runs kept under ``root`` (``state_dir/fleet/phase``), oldest first; an unreadable file is
-    logged and skipped, and with ``set_aside`` renamed ``.rejected`` (the daemon's start-up)."""
+def load_runs(root: Path, *, domain: str = "*", set_aside: bool = False) -> list[PendingRun]:
+    """The runs (of ``domain``, or all) kept under ``root`` (``state_dir/fleet/phase``), oldest first;
+    an unreadable file is logged and skipped, and with ``set_aside`` renamed ``.rejected`` (the
+    daemon's start-up)."""
     if not root.is_dir():
         return []
     runs: list[PendingRun] = []
-    for path in sorted(root.glob("*.json")):
+    for path in sorted(root.glob(f"*.{domain}.json")):
         try:
             raw = read_bounded(path, max_bytes=MAX_PENDING_BYTES)
             runs.append(msgspec.json.decode(raw, type=PendingRun))
         except (OSError, msgspec.DecodeError, msgspec.ValidationError) as e:
-            logger.error("fleet PHASE run {} unreadable, left aside: {}", path.name, e)
+            logger.error("fleet PHASE run {} unreadable, {}: {}", path.name,
+                         "left aside" if set_aside else "skipped", e)  # fmt: skip
             if set_aside:
                 path.rename(path.with_suffix(".rejected"))
     return sorted(runs, key=lambda p: p.run.finished_at)
@@ -316,7 +321,8 @@ def load_runs(root: Path, *, set_aside: bool = False) -> list[PendingRun]:
 def latest_decision(root: Path, domain: str) -> FleetDecision | None:
     """The fleet's decision on this host's latest decided PHASE run of ``domain`` kept under ``root``
     (what the daemon's keeper knows after a restart; read by the offline ``apply``)."""
-    decided = [p.decision for p in load_runs(root) if p.decision is not None and p.run.domain == domain]
+    runs = load_runs(root, domain=domain)
+    decided = [p.decision for p in runs if p.decision is not None and p.run.domain == domain]
     return decided[-1] if decided else None
 
 

@@ -4,6 +4,7 @@ HostKeeper in ``promotion: auto``, and nothing lost when the database is away or
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import sys
@@ -13,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import anyio
+import msgspec
 import numpy as np
 import pytest
 import yaml
@@ -201,6 +203,20 @@ async def test_a_run_finished_while_the_database_is_away_is_shared_after_a_resta
     assert [e["run_id"] for e in shared] == ["phase-a"]
 
 
+async def test_a_kept_decision_reaches_the_keeper_after_a_restart_with_the_database_away(
+    fleet: Fleet, tmp_path: Path
+) -> None:
+    """Status and ``apply`` know the decision again at the first heartbeat, even when a newer run
+    cannot be shared (the database is down) and the heartbeat's pass ends early."""
+    await decision_for(fleet)
+    fleet.phases[0].finished(phase_data({"g3c1": 0.06}, seed=5), run_id="phase-a2", finished_at=fleet.now + 1)
+    again = fleet.host("a", dsn=f"host={tmp_path}/nosock port=5432 dbname=x connect_timeout=1")
+    await again.step()  # unreachable: phase-a2 stays on disk, unshared
+    assert [d.run_id for d in fleet.decided["a"]] == ["phase-a", "phase-a"]
+    assert fleet.acts["a"] == [True, False]  # known again, not acted on twice
+    assert again.pending[TUNE].run.run_id == "phase-a2" and not again.pending[TUNE].uploaded
+
+
 def keeper_for(tmp_path: Path, mode: str) -> HostKeeper:
     dom = open_tune_domain(tmp_path)
     paths = StatePaths(tmp_path / "state")
@@ -299,8 +315,6 @@ async def test_a_decision_survives_a_restart_and_is_acted_on_once(fleet: Fleet) 
 async def test_apply_refuses_the_fleets_pick_where_this_host_refused_it_unless_forced(
     fleet: Fleet, tmp_path: Path
 ) -> None:
-    import msgspec
-
     from kloros_orchestrator.fleet.verdict import Adoption
 
     decision = await decision_for(fleet)
@@ -363,39 +377,98 @@ async def test_the_fleets_verdict_goes_back_into_the_studys_hall_of_fame(fleet: 
     assert folded[1] == hof[2] and fold_into(hof, None) == hof
 
 
+@contextlib.contextmanager
+def offline_apply(state_dir: Path, store: str) -> Iterator[tuple[list[str], Path]]:
+    """``apply`` argv for the CLI on ``state_dir`` with ``study.store: store`` and no daemon (nothing
+    listens on its socket), and its fake sysfs tree."""
+    short = Path(tempfile.mkdtemp(prefix="ko"))  # the socket path must fit a Unix socket address
+    try:
+        write_tree(short / "sysfs", dict(TUNE_TREE))
+        (short / "regimes").mkdir()
+        shutil.copy(REPO / "regimes" / "cpu.yaml", short / "regimes" / f"{TUNE}.yaml")
+        cfg = {
+            "state_dir": str(state_dir),
+            "socket": str(short / "k.sock"),
+            "sysfs_root": str(short / "sysfs"),
+            "regimes_dir": str(short / "regimes"),
+            "study": {"store": store, "name": "web"},
+            "dream": {"domains": [TUNE]},
+            "domain_options": {TUNE: {"kind": "generic", **TUNE_OPTIONS}},
+        }
+        (short / "dream.yaml").write_text(yaml.safe_dump(cfg))
+        yield ["apply", "--config", str(short / "dream.yaml"), "--domain", TUNE], short / "sysfs"
+    finally:
+        shutil.rmtree(short, ignore_errors=True)
+
+
+NOT_CONTACTED = "postgresql://db.invalid/fleet"  # the offline apply reads files, never the database
+
+
 async def test_apply_without_a_daemon_takes_the_fleets_decision_kept_on_disk(
     fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The offline ``apply`` follows the fleet's verdict as the daemon's does: the decision kept with
     host a's latest run (under its state_dir), not host a's own PHASE results (it has none here)."""
     await decision_for(fleet)  # host a's decision, kept under tmp_path/a/fleet/phase
-    short = Path(tempfile.mkdtemp(prefix="ko"))  # the socket path (where nothing listens) must fit
-    try:
-        write_tree(short / "sysfs", dict(TUNE_TREE))
-        (short / "regimes").mkdir()
-        shutil.copy(REPO / "regimes" / "cpu.yaml", short / "regimes" / f"{TUNE}.yaml")
-        cfg = {
-            "state_dir": str(tmp_path / "a"),
-            "socket": str(short / "k.sock"),
-            "sysfs_root": str(short / "sysfs"),
-            "regimes_dir": str(short / "regimes"),
-            "study": {"store": "postgresql://db.invalid/fleet", "name": "web"},  # not contacted offline
-            "dream": {"domains": [TUNE]},
-            "domain_options": {TUNE: {"kind": "generic", **TUNE_OPTIONS}},
-        }
-        (short / "dream.yaml").write_text(yaml.safe_dump(cfg))
-        apply = ["apply", "--config", str(short / "dream.yaml"), "--domain", TUNE]
-        code = main([*apply, "--phase", "latest"])
+    with offline_apply(tmp_path / "a", "local") as (apply, _):  # one host: its own PHASE results only
+        assert main([*apply, "--phase", "latest"]) == 1
+        assert "no PHASE has completed yet" in capsys.readouterr().err
+    with offline_apply(tmp_path / "a", NOT_CONTACTED) as (apply, sysfs):
+        # Another variant by name is looked for in this host's own PHASE results, as the daemon does.
+        assert main([*apply, "--variant", "g9c9"]) == 1
+        assert "no PHASE has completed yet" in capsys.readouterr().err
+        code = main([*apply, "--variant", "g3c1"])  # the fleet's pick by name, as --phase latest
         out, err = capsys.readouterr()
         assert code == 0, err
         assert out.startswith(f"{TUNE}: adopted g3c1 (fleet PHASE verdict over 2 host(s)"), out
         assert "no daemon" in out
-        assert (short / "sysfs" / "proc/sys/vm/swappiness").read_text().strip() == str(BETTER["swappiness"])
-        config = HostStore(StatePaths(tmp_path / "a")).adopted_config(TUNE)
-        assert config is not None and config.genome == BETTER and config.provenance.by == "operator"
-        assert config.provenance.phase_run_id == "phase-a"
-        # Another variant by name is looked for in this host's own PHASE results, as the daemon does.
-        assert main([*apply, "--variant", "g9c9"]) == 1
-        assert "phase" in capsys.readouterr().err.lower()
-    finally:
-        shutil.rmtree(short, ignore_errors=True)
+        assert (sysfs / "proc/sys/vm/swappiness").read_text().strip() == str(BETTER["swappiness"])
+    config = HostStore(StatePaths(tmp_path / "a")).adopted_config(TUNE)
+    assert config is not None and config.genome == BETTER and config.provenance.by == "operator"
+    assert config.provenance.phase_run_id == "phase-a" and not config.provenance.forced
+
+
+async def test_apply_without_a_daemon_refuses_where_this_host_refused_unless_forced(
+    fleet: Fleet, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from kloros_orchestrator.fleet.verdict import Adoption
+    from kloros_orchestrator.runtime.fleet_phase import load_runs
+
+    await decision_for(fleet)
+    root = tmp_path / "a" / "fleet" / "phase"
+    [kept] = [p for p in load_runs(root) if p.decision is not None]
+    no = Adoption(host="a", cand_id="g3c1", adopt=False, reason="unsafe on this host: 1 cap breach(es)")
+    kept.decision = msgspec.structs.replace(kept.decision, adoption=no)  # type: ignore[arg-type]
+    (root / f"{kept.run.run_id}.{TUNE}.json").write_bytes(msgspec.json.encode(kept))
+    with offline_apply(tmp_path / "a", NOT_CONTACTED) as (apply, sysfs):
+        assert main([*apply, "--phase", "latest"]) == 1
+        err = capsys.readouterr().err
+        assert "not for this host: unsafe" in err and "--force" in err
+        assert (sysfs / "proc/sys/vm/swappiness").read_text() == TUNE_TREE["proc/sys/vm/swappiness"]
+        assert main([*apply, "--phase", "latest", "--force"]) == 0
+    config = HostStore(StatePaths(tmp_path / "a")).adopted_config(TUNE)
+    assert config is not None and config.genome == BETTER and config.provenance.forced
+
+
+def test_the_latest_decision_of_a_domain_is_the_newest_decided_run_of_it(tmp_path: Path) -> None:
+    from kloros_orchestrator.fleet.phase_rows import PhaseRun
+    from kloros_orchestrator.runtime.fleet_phase import PendingRun, latest_decision
+
+    def kept(run_id: str, domain: str, finished_at: float, decided: bool) -> None:
+        run = PhaseRun(run_id=run_id, host="a", domain=domain, stock_digest="s", finished_at=finished_at,
+                       variants={}, trials=())  # fmt: skip
+        decision = FleetDecision(domain=domain, run_id=run_id, stock=TUNE_STOCK, hosts=2, verdicts={},
+                                 pick=None, verdict=None, adoption=None)  # fmt: skip
+        p = PendingRun(run=run, stock=TUNE_STOCK, variants={}, decision=decision if decided else None)
+        (tmp_path / f"{run_id}.{domain}.json").write_bytes(msgspec.json.encode(p))
+
+    assert latest_decision(tmp_path / "none", TUNE) is None
+    kept("phase-2", TUNE, 2000.0, True)
+    kept("phase-1", TUNE, 1000.0, True)  # an older one a crash left beside it
+    kept("phase-3", TUNE, 3000.0, False)  # newer, not decided yet: the decision stands meanwhile
+    kept("phase-4", "other", 4000.0, True)
+    (tmp_path / f"phase-5.{TUNE}.json").write_text("{not json")  # skipped, left where it is
+    decision = latest_decision(tmp_path, TUNE)
+    assert decision is not None and decision.run_id == "phase-2"
+    assert (tmp_path / f"phase-5.{TUNE}.json").exists()
+    assert latest_decision(tmp_path, "missing") is None
