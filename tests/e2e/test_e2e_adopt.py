@@ -135,9 +135,10 @@ def test_auto_adopts_the_promoted_variant_then_verify_export_kill9_rollback(work
 
         # kill -9 during a candidate's trial of the next tournament (its stock arm is the adopted value,
         # and which trial runs by now depends on how fast the CLIs above were): the journal holds the
-        # adopted value. The knob holds the trial's value while its workload runs.
+        # adopted value. The knob holds the trial's value while its workload runs (an empty read is a
+        # write in progress: not that moment).
         notify.wait_for(
-            lambda m: running_workload(m) and int(knob.read_text()) != value,
+            lambda m: running_workload(m) and knob.read_text().strip() not in ("", str(value)),
             120, "a candidate's trial running after the adoption",
         )  # fmt: skip
         os.killpg(proc.pid, signal.SIGKILL)
