@@ -31,8 +31,9 @@ into D-REAM are unchanged. What the fleet adds is the verdict that adoption foll
    study's hall of fame when it concludes a generation, as a single host's collapse does with its
    own PHASE: a variant's fleet effect and interval replace D-REAM's quick estimate, and a variant
    the fleet found significantly worse (interval below 0) or unsafe on some host leaves it, so the
-   next windows do not measure it again. (The search space is not changed: seeds and
-   recommendations stay with each host's own collapse.)
+   next windows do not measure it again; the fleet's pick seeds the study's next bred generation,
+   once (:func:`seed_once`). (The search space is not changed: the recommendations of a PHASE come
+   from one host's own analysis and stay with that host's collapse.)
 
 One run or domain failing (a domain no longer enabled, a bad file) is logged once and never holds
 up the others; an unreachable database ends the heartbeat's pass, to be tried again.
@@ -41,9 +42,9 @@ up the others; an unreachable database ends the heartbeat's pass, to be tried ag
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import msgspec
 from loguru import logger
@@ -60,6 +61,9 @@ from kloros_orchestrator.runtime.ports import Clock, EventLog
 from kloros_orchestrator.runtime.records import HallOfFameEntry
 from kloros_orchestrator.safefs import make_dirs, read_bounded
 from kloros_orchestrator.store import atomic_write_bytes
+
+if TYPE_CHECKING:
+    from kloros_orchestrator.engine import Evolution
 
 MAX_PENDING_BYTES: Final = 64 << 20
 
@@ -324,6 +328,26 @@ def latest_decision(root: Path, domain: str) -> FleetDecision | None:
     runs = load_runs(root, domain=domain)
     decided = [p.decision for p in runs if p.decision is not None and p.run.domain == domain]
     return decided[-1] if decided else None
+
+
+def seed_once(engine: Evolution, decision: FleetDecision | None, seeded: Sequence[str]) -> list[str]:
+    """The fleet's PHASE pick seeds the study's next bred generation, as promoted variants do in a
+    collapse on one host (module docstring, 5), once per study: ``seeded`` are the genome digests the
+    previous verdict recorded as seeded; returned with the pick's added (the next verdict's)."""
+    out = list(seeded)
+    if decision is None or decision.pick is None:
+        return out
+    digest = genome_digest(dict(decision.pick.genome))
+    if digest in out:
+        return out
+    try:
+        engine.inject([dict(decision.pick.genome)])
+    except ValueError as e:  # e.g. a genome from before a knob appeared in the space
+        logger.error("fleet PHASE pick {} of {} not seeded: {}", decision.pick.cand_id, decision.domain, e)
+        return out
+    logger.info("fleet: PHASE pick {} of {} seeds the study's next generation", decision.pick.cand_id,
+                decision.domain)  # fmt: skip
+    return [*out, digest]
 
 
 def fold_into(hof: list[HallOfFameEntry], decision: FleetDecision | None) -> list[HallOfFameEntry]:

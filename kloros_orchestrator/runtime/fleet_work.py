@@ -72,7 +72,7 @@ from kloros_orchestrator.runtime.fleet_context import (
     unit_seconds,
 )
 from kloros_orchestrator.runtime.fleet_db import DatabaseDown, FleetDatabase
-from kloros_orchestrator.runtime.fleet_phase import FleetPhase, fold_into
+from kloros_orchestrator.runtime.fleet_phase import FleetPhase, fold_into, seed_once
 from kloros_orchestrator.runtime.fleet_race import drops_for, race_record, replay_race
 from kloros_orchestrator.runtime.fleet_unit import (
     UnitPlan,
@@ -400,8 +400,11 @@ class FleetDreamLoop(DreamLoop):
         verdict["verdicts"] = {cid: msgspec.to_builtins(v) for cid, v in fleet.items()}
         verdict["promoted"] = sorted(cid for cid, v in fleet.items() if v.promoted)
         verdict["race"] = race_record(fc.outcome.race)
-        done = self.phase.decided.get(name)  # the fleet's PHASE verdict, folded in as a collapse does
-        hof = fold_into(await self._study_hall_of_fame(ctx, gen), None if done is None else done.decision)
+        prev = await self._previous_verdict(ctx, gen)
+        done = self.phase.decided.get(name)  # the fleet's PHASE verdict, taken in as a collapse does
+        decision = None if done is None else done.decision
+        hof = fold_into(self._study_hall_of_fame(name, prev), decision)
+        verdict["phase_seeded"] = seed_once(engine, decision, (prev or {}).get("phase_seeded", []))
         best = packs.best
         if best is not None and best.safe and best.aggregate.score_v2 is not None:
             hof = promote(hof, entry_from_pack(best))
@@ -424,16 +427,18 @@ class FleetDreamLoop(DreamLoop):
                     said["text"])  # fmt: skip
         self.events.record("fleet_generation_concluded", domain=name, generation=gen, verdict=verdict)
 
-    async def _study_hall_of_fame(self, ctx: StudyContext, gen: int) -> list[HallOfFameEntry]:
-        """The hall of fame the previous generation's verdict recorded (the study's, whichever host
-        led it; a PHASE collapse on one host changes only that host's copy); this host's own before
-        the first generation, or when that verdict has none (recorded by an older daemon)."""
+    async def _previous_verdict(self, ctx: StudyContext, gen: int) -> dict[str, Any] | None:
         from kloros_orchestrator.fleet.generations import verdict_of as recorded
 
-        s = self.searches[ctx.domain]
-        prev = None if gen == 0 else await self.db.call(lambda st: recorded(st, ctx.study_id, gen - 1))
+        return None if gen == 0 else await self.db.call(lambda st: recorded(st, ctx.study_id, gen - 1))
+
+    def _study_hall_of_fame(self, name: str, prev: dict[str, Any] | None) -> list[HallOfFameEntry]:
+        """The study's hall of fame as the previous generation's verdict recorded it (whichever host led
+        it); this host's own before generation 0's, or when that verdict has none (an older daemon's)."""
         hof = None if prev is None else prev.get("hall_of_fame")
-        return list(s.hall_of_fame) if hof is None else msgspec.convert(hof, list[HallOfFameEntry])
+        if hof is None:
+            return list(self.searches[name].hall_of_fame)
+        return msgspec.convert(hof, list[HallOfFameEntry])
 
     async def _take_verdict(self, name: str, ctx: StudyContext, gen: int) -> None:
         """The study's newest concluded generation ``gen``, concluded by another host: its verdict

@@ -216,3 +216,50 @@ async def test_a_stopped_runner_gives_its_claim_back_at_once(
         s == ("open", None, c) for s, (_, _, c) in zip(states, states, strict=True)
     )
     assert sum(s[2] for s in states) == 1, "one unit was claimed, then released"
+
+
+async def test_the_fleets_phase_pick_seeds_the_studys_next_generation_once(
+    tmp_path: Path, fleet_dsn: str, close_all: list[FleetDreamLoop]
+) -> None:
+    """As promoted variants do in a collapse on one host: the leader's next generation is bred with the
+    fleet's PHASE pick among its candidates, and the verdict records it so no later leader seeds it again."""
+    from fakes import TUNE_STOCK
+
+    from kloros_orchestrator.fleet.phase_rows import PhaseRun
+    from kloros_orchestrator.fleet.records import genome_digest
+    from kloros_orchestrator.phase.records import VariantInfo
+    from kloros_orchestrator.runtime.fleet_phase import FleetDecision, PendingRun, seed_once
+
+    loop = make_runner(tmp_path, fleet_dsn, "a")
+    close_all.append(loop)
+    pick: Genome = {**TUNE_STOCK, "swappiness": 7, "dirty_ratio": 33, "qdisc": "fq", "threads": 3}
+    variant = VariantInfo(genome=pick, spica_id="spica-p", cand_id="g0c9")
+    run = PhaseRun(run_id="phase-a", host="a", domain=TUNE, stock_digest=genome_digest(TUNE_STOCK),
+                   finished_at=1.0, variants={}, trials=())  # fmt: skip
+    decision = FleetDecision(domain=TUNE, run_id="phase-a", stock=TUNE_STOCK, hosts=2, verdicts={},
+                             pick=variant, verdict=None, adoption=None)  # fmt: skip
+    with anyio.fail_after(60):
+        await loop.tournament(TUNE)  # generation 0: nothing decided yet
+        loop.phase.decided[TUNE] = PendingRun(run=run, stock=TUNE_STOCK, variants={}, decision=decision)
+        await loop.tournament(TUNE)  # generation 1 concluded with the decision known
+        await loop.tournament(TUNE)
+    verdicts = dict(_query(fleet_dsn, "SELECT generation, verdict FROM generations "
+                           " WHERE verdict IS NOT NULL"))
+    assert verdicts[0]["phase_seeded"] == []
+    assert verdicts[1]["phase_seeded"] == verdicts[2]["phase_seeded"] == [genome_digest(pick)]
+    genomes = {g: [row[0] for row in _query(fleet_dsn, f"SELECT DISTINCT genome FROM work_units "
+                                                       f"WHERE generation = {g} AND round = 0")]
+               for g in (1, 2)}  # fmt: skip
+    assert pick not in genomes[1] and pick in genomes[2], "seeded into the generation bred after it"
+
+    class Engine:  # what seed_once asks of the engine
+        def __init__(self) -> None:
+            self.injected: list[list[Genome]] = []
+
+        def inject(self, genomes: list[Genome]) -> None:
+            self.injected.append(genomes)
+
+    eng = Engine()
+    seeded = [genome_digest(pick)]
+    assert seed_once(eng, decision, seeded) == seeded and eng.injected == []  # type: ignore[arg-type]
+    assert seed_once(eng, None, []) == [] and eng.injected == []  # type: ignore[arg-type]
