@@ -32,8 +32,8 @@ into D-REAM are unchanged. What the fleet adds is the verdict that adoption foll
    own PHASE: a variant's fleet effect and interval replace D-REAM's quick estimate, and a variant
    the fleet found significantly worse (interval below 0) or unsafe on some host leaves it, so the
    next windows do not measure it again; the fleet's pick seeds the study's next bred generation,
-   once (:func:`seed_once`). (The search space is not changed: the recommendations of a PHASE come
-   from one host's own analysis and stay with that host's collapse.)
+   each pick once per study (:func:`seed_once`). (The search space is not changed: the
+   recommendations of a PHASE come from one host's own analysis and stay with that host's collapse.)
 
 One run or domain failing (a domain no longer enabled, a bad file) is logged once and never holds
 up the others; an unreachable database ends the heartbeat's pass, to be tried again.
@@ -332,8 +332,9 @@ def latest_decision(root: Path, domain: str) -> FleetDecision | None:
 
 def seed_once(engine: Evolution, decision: FleetDecision | None, seeded: Sequence[str]) -> list[str]:
     """The fleet's PHASE pick seeds the study's next bred generation, as promoted variants do in a
-    collapse on one host (module docstring, 5), once per study: ``seeded`` are the genome digests the
-    previous verdict recorded as seeded; returned with the pick's added (the next verdict's)."""
+    collapse on one host (module docstring, 5), each pick once per study: ``seeded`` are the genome
+    digests the previous verdict recorded as taken in; returned with the pick's added (the next
+    verdict's), also when its genome no longer fits the space (logged once, not every generation)."""
     out = list(seeded)
     if decision is None or decision.pick is None:
         return out
@@ -344,9 +345,9 @@ def seed_once(engine: Evolution, decision: FleetDecision | None, seeded: Sequenc
         engine.inject([dict(decision.pick.genome)])
     except ValueError as e:  # e.g. a genome from before a knob appeared in the space
         logger.error("fleet PHASE pick {} of {} not seeded: {}", decision.pick.cand_id, decision.domain, e)
-        return out
-    logger.info("fleet: PHASE pick {} of {} seeds the study's next generation", decision.pick.cand_id,
-                decision.domain)  # fmt: skip
+    else:  # debug: the conclusion may still lose to another leader's, whose verdict then stands
+        logger.debug("fleet: PHASE pick {} of {} seeds the study's next generation", decision.pick.cand_id,
+                     decision.domain)  # fmt: skip
     return [*out, digest]
 
 

@@ -219,19 +219,29 @@ async def test_a_stopped_runner_gives_its_claim_back_at_once(
 
 
 async def test_the_fleets_phase_pick_seeds_the_studys_next_generation_once(
-    tmp_path: Path, fleet_dsn: str, close_all: list[FleetDreamLoop]
+    tmp_path: Path, fleet_dsn: str, close_all: list[FleetDreamLoop], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """As promoted variants do in a collapse on one host: the leader's next generation is bred with the
-    fleet's PHASE pick among its candidates, and the verdict records it so no later leader seeds it again."""
+    fleet's PHASE pick among its candidates; the verdict records it, so neither this leader nor the
+    next one (another host, reading the record from the database) seeds it again."""
     from fakes import TUNE_STOCK
 
+    from kloros_orchestrator.engine import Evolution
     from kloros_orchestrator.fleet.phase_rows import PhaseRun
     from kloros_orchestrator.fleet.records import genome_digest
     from kloros_orchestrator.phase.records import VariantInfo
-    from kloros_orchestrator.runtime.fleet_phase import FleetDecision, PendingRun, seed_once
+    from kloros_orchestrator.runtime.fleet_phase import FleetDecision, PendingRun
 
-    loop = make_runner(tmp_path, fleet_dsn, "a")
-    close_all.append(loop)
+    injected: list[list[Genome]] = []
+    inject = Evolution.inject
+
+    def spy(self: Evolution, genomes: list[Genome]) -> None:
+        injected.append([dict(g) for g in genomes])
+        inject(self, genomes)
+
+    monkeypatch.setattr(Evolution, "inject", spy)
+    a, b = make_runner(tmp_path, fleet_dsn, "a"), make_runner(tmp_path, fleet_dsn, "b")
+    close_all.extend([a, b])
     pick: Genome = {**TUNE_STOCK, "swappiness": 7, "dirty_ratio": 33, "qdisc": "fq", "threads": 3}
     variant = VariantInfo(genome=pick, spica_id="spica-p", cand_id="g0c9")
     run = PhaseRun(run_id="phase-a", host="a", domain=TUNE, stock_digest=genome_digest(TUNE_STOCK),
@@ -239,27 +249,44 @@ async def test_the_fleets_phase_pick_seeds_the_studys_next_generation_once(
     decision = FleetDecision(domain=TUNE, run_id="phase-a", stock=TUNE_STOCK, hosts=2, verdicts={},
                              pick=variant, verdict=None, adoption=None)  # fmt: skip
     with anyio.fail_after(60):
-        await loop.tournament(TUNE)  # generation 0: nothing decided yet
-        loop.phase.decided[TUNE] = PendingRun(run=run, stock=TUNE_STOCK, variants={}, decision=decision)
-        await loop.tournament(TUNE)  # generation 1 concluded with the decision known
-        await loop.tournament(TUNE)
-    verdicts = dict(_query(fleet_dsn, "SELECT generation, verdict FROM generations "
-                           " WHERE verdict IS NOT NULL"))
+        await a.tournament(TUNE)  # generation 0: nothing decided yet
+        for loop in (a, b):  # every host's verdict names the same pick
+            loop.phase.decided[TUNE] = PendingRun(run=run, stock=TUNE_STOCK, variants={}, decision=decision)
+        await a.tournament(TUNE)  # generation 1 concluded with the decision known
+        await a.tournament(TUNE)
+        await b.tournament(TUNE)  # b leads now: generation 3
+    rows = _query(fleet_dsn, "SELECT generation, verdict, concluded_by FROM generations"
+                             " WHERE verdict IS NOT NULL ORDER BY generation")
+    verdicts = {g: v for g, v, _ in rows}
+    assert [by for *_, by in rows] == ["a", "a", "a", "b"]
     assert verdicts[0]["phase_seeded"] == []
-    assert verdicts[1]["phase_seeded"] == verdicts[2]["phase_seeded"] == [genome_digest(pick)]
+    assert all(verdicts[g]["phase_seeded"] == [genome_digest(pick)] for g in (1, 2, 3)), verdicts
+    assert injected == [[pick]], "seeded once, by the first leader that knew the decision"
     genomes = {g: [row[0] for row in _query(fleet_dsn, f"SELECT DISTINCT genome FROM work_units "
                                                        f"WHERE generation = {g} AND round = 0")]
                for g in (1, 2)}  # fmt: skip
     assert pick not in genomes[1] and pick in genomes[2], "seeded into the generation bred after it"
 
-    class Engine:  # what seed_once asks of the engine
+
+def test_a_pick_that_no_longer_fits_the_space_is_recorded_and_not_tried_again() -> None:
+    from kloros_orchestrator.fleet.records import genome_digest
+    from kloros_orchestrator.phase.records import VariantInfo
+    from kloros_orchestrator.runtime.fleet_phase import FleetDecision, seed_once
+
+    class Engine:  # what seed_once asks of the engine: this one's space has lost a knob
         def __init__(self) -> None:
-            self.injected: list[list[Genome]] = []
+            self.asked = 0
 
         def inject(self, genomes: list[Genome]) -> None:
-            self.injected.append(genomes)
+            self.asked += 1
+            raise ValueError("knob 'threads' is not in the space")
 
+    pick: Genome = {"swappiness": 7, "threads": 3}
+    variant = VariantInfo(genome=pick, spica_id="s", cand_id="g0c9")
+    decision = FleetDecision(domain=TUNE, run_id="phase-a", stock={}, hosts=2, verdicts={}, adoption=None,
+                             pick=variant, verdict=None)  # fmt: skip
     eng = Engine()
-    seeded = [genome_digest(pick)]
-    assert seed_once(eng, decision, seeded) == seeded and eng.injected == []  # type: ignore[arg-type]
-    assert seed_once(eng, None, []) == [] and eng.injected == []  # type: ignore[arg-type]
+    seeded = seed_once(eng, decision, [])  # type: ignore[arg-type]
+    assert seeded == [genome_digest(pick)] and eng.asked == 1
+    assert seed_once(eng, decision, seeded) == seeded and eng.asked == 1  # type: ignore[arg-type]
+    assert seed_once(eng, None, seeded) == seeded and eng.asked == 1  # type: ignore[arg-type]
